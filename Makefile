@@ -1,0 +1,28 @@
+# One entry point for setting up, running and testing moetune.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+
+run: setup
+	$(BIN)/python train.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_moe_layer.py
+
+clean:
+	rm -rf $(VENV) sweeps/* mlruns/*
+	touch sweeps/.gitkeep mlruns/.gitkeep
