@@ -1,0 +1,53 @@
+"""COMET (Ibrahim et al. 2023): k soft binary trees over the experts, one leaf per expert.
+
+Each internal node sends p = S_gamma(<z, x> + b) left and 1 - p right; a tree's leaf probability is
+the product along its path. g = sum over trees of softmax over all (tree, leaf) of (a(x) + log P),
+folded onto the experts (leaf l -> expert l mod n when n is not a power of two). Entropy
+regularization drives each tree to a single leaf, so at most k experts stay active.
+"""
+import math
+
+import torch
+from torch import nn
+
+from moetune.errors import ConfigError
+from moetune.gates.base import Gate, GateOutput, entropy, safe_log, smooth_step
+
+
+class CometGate(Gate):
+    def __init__(self, in_dim: int, n_experts: int, k: int = 2, gamma: float = 1.0, entropy_weight: float = 0.1):
+        if gamma <= 0:
+            raise ConfigError(f"comet: gamma must be positive (got {gamma})")
+        super().__init__(in_dim, n_experts, k)
+        self.gamma = gamma
+        self.entropy_weight = entropy_weight
+        self.depth = max(1, math.ceil(math.log2(n_experts)))
+        self.n_leaves = 2**self.depth
+        self.node_logits = nn.Linear(in_dim, k * (self.n_leaves - 1))
+        self.leaf_scores = nn.Linear(in_dim, k * self.n_leaves)
+        nn.init.uniform_(self.node_logits.weight, -gamma / 100, gamma / 100)
+        nn.init.uniform_(self.node_logits.bias, -gamma / 2, gamma / 2)
+        self.register_buffer("leaf_to_expert", torch.arange(self.n_leaves) % n_experts)
+
+    def leaf_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """B x k x leaves: probability that each tree routes x to each leaf (heap order)."""
+        go_left = smooth_step(self.node_logits(x).view(-1, self.k, self.n_leaves - 1), self.gamma)
+        probs = x.new_ones(x.shape[0], self.k, 1)
+        for level in range(self.depth):
+            p = go_left[:, :, 2**level - 1: 2 ** (level + 1) - 1]
+            probs = torch.stack([probs * p, probs * (1 - p)], dim=-1).flatten(-2)
+        return probs
+
+    def forward(self, x, routing_ids=None):
+        leaf_probs = self.leaf_probabilities(x)
+        logits = self.leaf_scores(x).view(-1, self.k, self.n_leaves) + safe_log(leaf_probs)
+        joint = torch.softmax(logits.flatten(1), dim=-1).view_as(leaf_probs).sum(1)  # B x leaves
+        if self.n_leaves == self.n_experts:
+            weights = joint
+        else:
+            weights = joint.new_zeros(joint.shape[0], self.n_experts).index_add(1, self.leaf_to_expert, joint)
+        aux = self.entropy_weight * entropy(leaf_probs).mean()
+        return GateOutput(weights, aux)
+
+
+GATE = CometGate

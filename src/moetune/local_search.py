@@ -1,0 +1,99 @@
+"""Permutation-based local search (COMET, section 4): a learned expert permutation shared by the task gates.
+
+During the first E_perm epochs P = Sinkhorn((L + noise * Gumbel) / tau) in log space, with tau annealed
+log-linearly 1e-3 -> 1e-7 and the Sinkhorn iterations linearly 20 -> 150 over the phase, plus an
+entropy penalty zeta * H(P). Then P is hardened by the Hungarian algorithm and frozen. Evaluation always
+uses the hard permutation. Gates are untouched: g' = normalize(g P).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from moetune.gates.base import entropy
+
+TAU_START, TAU_END = 1e-3, 1e-7
+ITERS_START, ITERS_END = 20, 150
+
+
+def log_sinkhorn(log_alpha: torch.Tensor, n_iters: int) -> torch.Tensor:
+    """Alternating row/column normalisation in log space; returns the (near) doubly-stochastic exp."""
+    for _ in range(n_iters):
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-2, keepdim=True)
+    return log_alpha.exp()
+
+
+def harden(weights: torch.Tensor) -> torch.Tensor:
+    """The permutation matrix maximising sum_ij W_ij P_ij (Hungarian algorithm)."""
+    w = weights.detach().to("cpu", torch.float64).numpy()
+    rows, cols = linear_sum_assignment(w, maximize=True)
+    hard = np.zeros_like(w)
+    hard[rows, cols] = 1.0
+    return torch.as_tensor(hard, dtype=weights.dtype, device=weights.device)
+
+
+class PermutationLocalSearch(nn.Module):
+    """Learns one n x n permutation of the experts during the first `e_perm` epochs, then freezes it."""
+
+    def __init__(self, n_experts: int, e_perm: int = 5, zeta: float = 1e-4, noise: float = 0.01):
+        super().__init__()
+        self.n_experts = n_experts
+        self.e_perm = e_perm
+        self.zeta = zeta
+        self.noise = noise
+        self.log_weights = nn.Parameter(torch.empty(n_experts, n_experts).uniform_(-0.05, 0.05))
+        self.register_buffer("hard", torch.eye(n_experts))
+        self.register_buffer("last_soft", torch.full((n_experts, n_experts), 1.0 / n_experts))
+        self.register_buffer("is_hard", torch.tensor(False))
+        self.frozen = False  # host mirror of is_hard, so the forward never syncs with the device
+        self.progress = 0.0  # fraction of the learning phase done, set by the trainer each step
+        self.register_load_state_dict_post_hook(lambda module, _: module._sync_frozen())
+
+    def _sync_frozen(self) -> None:
+        self.frozen = bool(self.is_hard)
+        self.log_weights.requires_grad_(not self.frozen)
+
+    def schedule(self) -> tuple[float, int]:
+        """(tau, Sinkhorn iterations) at the current progress through the phase."""
+        f = min(max(self.progress, 0.0), 1.0)
+        tau = 10 ** (math.log10(TAU_START) + f * (math.log10(TAU_END) - math.log10(TAU_START)))
+        return tau, int(round(ITERS_START + f * (ITERS_END - ITERS_START)))
+
+    @property
+    def learning(self) -> bool:
+        return self.training and not self.frozen
+
+    def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, entropy penalty): soft and noisy while learning, the hard permutation otherwise."""
+        if not self.learning:
+            hard = self.hard if self.frozen else harden(self.last_soft)
+            return hard, self.log_weights.new_zeros(())
+        tau, n_iters = self.schedule()
+        u = torch.rand_like(self.log_weights).clamp_(1e-20, 1.0)
+        gumbel = -torch.log(-torch.log(u) + 1e-20)
+        soft = log_sinkhorn((self.log_weights + self.noise * gumbel) / tau, n_iters)
+        self.last_soft.copy_(soft.detach())
+        penalty = self.zeta * entropy(soft).sum()
+        return soft, penalty
+
+    def freeze(self) -> None:
+        """End of the phase: harden the last soft permutation and stop learning it."""
+        self.hard.copy_(harden(self.last_soft))
+        self.is_hard.fill_(True)
+        self._sync_frozen()
+
+    def permutation(self) -> list[int]:
+        """Expert i's weight goes to expert permutation()[i] (the hardened matrix as an index list)."""
+        hard = self.hard if self.frozen else harden(self.last_soft)
+        return hard.argmax(1).tolist()
+
+    @staticmethod
+    def apply(weights: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """g' = normalize(g P)."""
+        permuted = weights @ matrix
+        return permuted / permuted.sum(-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,163 @@
+"""MMoE for T tasks: a shared bottom, n experts, one gate per task (plus optional local search), one head per task."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from moetune.data.base import MultiTaskData
+from moetune.errors import ConfigError
+from moetune.experts import CNNExperts, MLPExperts, mix
+from moetune.gates import Gate, build_gate, gate_class
+from moetune.local_search import PermutationLocalSearch
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. expert_type "mlp" runs experts on the bottom's features, "cnn" on the raw image."""
+
+    n_experts: int = 16
+    expert_type: str = "mlp"
+    expert_hidden: list[int] = field(default_factory=lambda: [256])
+    expert_dropout: float = 0.5
+    embed_dim: int = 128
+    dense_hidden: list[int] = field(default_factory=lambda: [64])
+    head_hidden: list[int] = field(default_factory=lambda: [256])
+    compute: str = "auto"  # auto | dense | sparse: how experts run when the gate is sparse
+
+
+@dataclass
+class GateConfig:
+    """Which gate and its keys; `params` holds gate-specific keys (gamma, entropy_weight, noisy, ...)."""
+
+    name: str = "topk"
+    k: int = 2
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class LocalSearchConfig:
+    enabled: bool = False
+    e_perm: int = 5
+    zeta: float = 1e-4
+    noise: float = 0.01
+
+
+class SharedBottom(nn.Module):
+    """Embeddings for id features, an MLP for dense features; images pass through (flattened for gates)."""
+
+    def __init__(self, data: MultiTaskData, cfg: ModelConfig):
+        super().__init__()
+        shapes = data.input_shapes()
+        self.embeddings = nn.ModuleList(nn.Embedding(card, cfg.embed_dim) for card in data.id_cardinalities)
+        self.dense = None
+        dim = cfg.embed_dim * len(self.embeddings)
+        if "dense" in shapes:
+            layers, d_in = [], shapes["dense"][0]
+            for width in cfg.dense_hidden:
+                layers += [nn.Linear(d_in, width), nn.ReLU()]
+                d_in = width
+            self.dense = nn.Sequential(*layers) if layers else nn.Identity()
+            dim += d_in
+        self.image_shape = shapes.get("image")
+        if self.image_shape is not None:
+            dim += int(torch.tensor(self.image_shape).prod())
+        if dim == 0:
+            raise ConfigError(f"dataset {data.name!r} has no inputs the model can use")
+        self.out_dim = dim
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [emb(inputs["ids"][:, i]) for i, emb in enumerate(self.embeddings)]
+        if self.dense is not None:
+            parts.append(self.dense(inputs["dense"]))
+        if self.image_shape is not None:
+            parts.append(inputs["image"].flatten(1))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def _mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
+    layers = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+
+
+@dataclass
+class ModelOutput:
+    outputs: list[torch.Tensor]      # per task: B x out_dim
+    gate_weights: list[torch.Tensor]  # per task: B x n, after the permutation
+    aux_loss: torch.Tensor
+
+
+class MMoE(nn.Module):
+    def __init__(self, data: MultiTaskData, cfg: ModelConfig, gate: GateConfig, local_search: LocalSearchConfig):
+        super().__init__()
+        validate_model_config(cfg, gate, local_search)
+        self.cfg = cfg
+        self.bottom = SharedBottom(data, cfg)
+        if cfg.expert_type == "cnn":
+            if self.bottom.image_shape is None:
+                raise ConfigError(f"model.expert_type=cnn needs image inputs; dataset {data.name!r} has none (use expert_type=mlp)")
+            self.experts = CNNExperts(cfg.n_experts, self.bottom.image_shape, cfg.expert_hidden, cfg.expert_dropout)
+        else:
+            self.experts = MLPExperts(cfg.n_experts, self.bottom.out_dim, cfg.expert_hidden, cfg.expert_dropout)
+        gate_params = dict(gate.params)
+        if gate_class(gate.name).uses_routing_ids:
+            gate_params["n_routing_ids"] = data.n_routing_ids or 0
+        self.gates = nn.ModuleList(
+            build_gate(gate.name, self.bottom.out_dim, cfg.n_experts, k=gate.k, **gate_params) for _ in data.tasks
+        )
+        self.local_search = (
+            PermutationLocalSearch(cfg.n_experts, local_search.e_perm, local_search.zeta, local_search.noise)
+            if local_search.enabled else None
+        )
+        self.heads = nn.ModuleList(_mlp(self.experts.out_dim, cfg.head_hidden, task.out_dim) for task in data.tasks)
+
+    def use_sparse_compute(self, weights: list[torch.Tensor]) -> bool:
+        """Sparse dispatch only pays off when the weights are actually sparse; on CUDA `auto` stays dense,
+        since sparse dispatch needs per-expert row counts on the host (a device sync)."""
+        if self.cfg.compute != "auto":
+            return self.cfg.compute == "sparse"
+        first: Gate = self.gates[0]
+        if not first.sparse or (self.local_search is not None and self.local_search.learning):
+            return False
+        if weights[0].is_cuda:
+            return False
+        return bool(torch.stack(weights).ne(0).any(0).float().mean() <= 0.5)
+
+    def forward(self, inputs: dict[str, torch.Tensor], routing_ids: torch.Tensor | None = None) -> ModelOutput:
+        features = self.bottom(inputs)
+        gate_outs = [gate(features, routing_ids) for gate in self.gates]
+        weights = [out.weights for out in gate_outs]
+        aux = sum(out.aux_loss for out in gate_outs)
+        if self.local_search is not None:
+            matrix, penalty = self.local_search.matrix()
+            weights = [PermutationLocalSearch.apply(w, matrix) for w in weights]
+            aux = aux + penalty
+        expert_input = inputs["image"] if self.cfg.expert_type == "cnn" else features
+        mixed = mix(self.experts, expert_input, weights, self.use_sparse_compute(weights))
+        return ModelOutput([head(h) for head, h in zip(self.heads, mixed)], weights, aux)
+
+
+def validate_model_config(cfg: ModelConfig, gate: GateConfig, local_search: LocalSearchConfig) -> None:
+    """Bad sizes are caught here, before any data is touched or training starts."""
+    if cfg.n_experts < 2:
+        raise ConfigError(f"model.n_experts must be at least 2 (got {cfg.n_experts})")
+    gate_class(gate.name)
+    if gate.name != "softmax" and not 1 <= gate.k <= cfg.n_experts:
+        raise ConfigError(f"gate.k must be between 1 and model.n_experts={cfg.n_experts} (got k={gate.k})")
+    if cfg.expert_type not in ("mlp", "cnn"):
+        raise ConfigError(f"model.expert_type must be mlp or cnn (got {cfg.expert_type!r})")
+    if cfg.compute not in ("auto", "dense", "sparse"):
+        raise ConfigError(f"model.compute must be auto, dense or sparse (got {cfg.compute!r})")
+    for name, sizes in (("expert_hidden", cfg.expert_hidden), ("dense_hidden", cfg.dense_hidden), ("head_hidden", cfg.head_hidden)):
+        if any(int(s) <= 0 for s in sizes):
+            raise ConfigError(f"model.{name} sizes must be positive (got {list(sizes)})")
+    if cfg.embed_dim <= 0:
+        raise ConfigError(f"model.embed_dim must be positive (got {cfg.embed_dim})")
+    if not 0.0 <= cfg.expert_dropout < 1.0:
+        raise ConfigError(f"model.expert_dropout must be in [0, 1) (got {cfg.expert_dropout})")
+    if local_search.enabled and local_search.e_perm < 1:
+        raise ConfigError(f"local_search.e_perm must be at least 1 (got {local_search.e_perm})")

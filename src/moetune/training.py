@@ -1,0 +1,217 @@
+"""Training with Adam, early stopping on validation loss, best weights restored, per-task metrics."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
+
+from moetune import schema
+from moetune.data.base import MultiTaskData, Split, Task
+from moetune.errors import ConfigError, TrainingDivergedError
+from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    batch_size: int = 512
+    max_epochs: int = 20
+    patience: int = 5
+    task_weights: list[float] | None = None  # None: equal weights
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    eval_batch_size: int = 8192
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: per-epoch history, metrics at the best epoch, gate diagnostics."""
+
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]]
+    val: dict[str, float]
+    test: dict[str, float]
+    diagnostics: dict = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    def final_metrics(self) -> dict[str, float]:
+        """Flat metric names (schema.py) for logging: best_val_*, test_*, timings, diagnostics."""
+        out = {f"best_{k}": v for k, v in self.val.items()}
+        out.update(self.test)
+        out[schema.BEST_EPOCH] = float(self.best_epoch)
+        out[schema.WALL_SECONDS] = self.wall_seconds
+        out[schema.CPU_SECONDS] = self.cpu_seconds
+        out[schema.ACTIVE_EXPERTS] = self.diagnostics["active_experts_mean"]
+        if "routing_nmi" in self.diagnostics:
+            out["routing_nmi"] = self.diagnostics["routing_nmi"]
+        return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use device=auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device must be auto, cpu or cuda (got {name!r})")
+    return torch.device(name)
+
+
+def validate_train_config(cfg: TrainConfig, n_tasks: int, local_search: LocalSearchConfig) -> None:
+    for key in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"train.{key} must be positive (got {getattr(cfg, key)})")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"train.lr must be a positive number (got {cfg.lr})")
+    if cfg.task_weights is not None and (len(cfg.task_weights) != n_tasks or any(w < 0 for w in cfg.task_weights)):
+        raise ConfigError(f"train.task_weights must be {n_tasks} non-negative numbers (got {cfg.task_weights})")
+    if local_search.enabled and local_search.e_perm > cfg.max_epochs:
+        raise ConfigError(f"local_search.e_perm={local_search.e_perm} exceeds train.max_epochs={cfg.max_epochs}; lower e_perm or raise max_epochs")
+
+
+def task_losses(tasks: list[Task], outputs: list[torch.Tensor], targets: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per-task mean loss over the samples where the task's target is present (T,)."""
+    losses = []
+    for t, (task, out) in enumerate(zip(tasks, outputs)):
+        y, m = targets[:, t], masks[:, t].to(out.dtype)
+        if task.kind == "binary":
+            per = F.binary_cross_entropy_with_logits(out.squeeze(1), y, reduction="none")
+        elif task.kind == "regression":
+            per = (out.squeeze(1) - y).pow(2)
+        else:
+            per = F.cross_entropy(out, y.long().clamp_min(0), reduction="none")
+        losses.append((per * m).sum() / m.sum().clamp_min(1.0))
+    return torch.stack(losses)
+
+
+class Trainer:
+    """Fits one MMoE on one dataset. on_epoch(epoch, metrics) is called after each epoch (e.g. to report to Tune)."""
+
+    def __init__(self, data: MultiTaskData, model_cfg: ModelConfig, gate_cfg: GateConfig,
+                 ls_cfg: LocalSearchConfig, train_cfg: TrainConfig):
+        validate_train_config(train_cfg, len(data.tasks), ls_cfg)
+        self.data = data
+        self.cfg = train_cfg
+        self.ls_cfg = ls_cfg
+        self.device = resolve_device(train_cfg.device)
+        torch.manual_seed(train_cfg.seed)
+        self.model = MMoE(data, model_cfg, gate_cfg, ls_cfg).to(self.device)
+        weights = train_cfg.task_weights or [1.0] * len(data.tasks)
+        self.task_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
+        self.splits = {name: split.to(self.device) for name, split in data.splits.items()}
+
+    def fit(self, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        cfg, model = self.cfg, self.model
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train = self.splits["train"]
+        n_batches = math.ceil(len(train) / cfg.batch_size)
+        ls = model.local_search
+        best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
+        history = []
+        for epoch in range(1, cfg.max_epochs + 1):
+            model.train()
+            order = torch.randperm(len(train), generator=generator).to(self.device)
+            loss_sum = torch.zeros(len(self.data.tasks), device=self.device)
+            for b in range(n_batches):
+                if ls is not None and not ls.frozen:
+                    ls.progress = ((epoch - 1) * n_batches + b) / max(1, self.ls_cfg.e_perm * n_batches - 1)
+                batch = train.index(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+                out = model(batch.inputs, batch.routing_ids)
+                losses = task_losses(self.data.tasks, out.outputs, batch.targets, batch.masks)
+                loss = (self.task_weights * losses).sum() + out.aux_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += losses.detach()
+            if ls is not None and not ls.frozen and epoch >= self.ls_cfg.e_perm:
+                ls.freeze()
+            train_losses = (loss_sum / n_batches).tolist()
+            bad = [task.name for task, v in zip(self.data.tasks, train_losses) if not math.isfinite(v)]
+            if bad:
+                raise TrainingDivergedError(epoch, f"non-finite training loss for task(s) {bad} (lower train.lr?)")
+            metrics = {schema.TRAIN_LOSS: float((self.task_weights.cpu() * torch.tensor(train_losses)).sum())}
+            metrics.update(self.evaluate("val"))
+            if not math.isfinite(metrics[schema.VAL_LOSS]):
+                raise TrainingDivergedError(epoch, "non-finite validation loss")
+            history.append({"epoch": epoch, **metrics})
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            if metrics[schema.VAL_LOSS] < best_loss:
+                best_loss, best_epoch, stale = metrics[schema.VAL_LOSS], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+        model.load_state_dict(best_state)
+        result = TrainResult(
+            best_epoch=best_epoch, epochs_run=len(history), history=history,
+            val=self.evaluate("val"), test=self.evaluate("test"), diagnostics=self.diagnostics("test"),
+        )
+        result.wall_seconds = time.perf_counter() - start_wall
+        result.cpu_seconds = time.process_time() - start_cpu
+        return result
+
+    @torch.no_grad()
+    def predict(self, split_name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Model outputs and gate weights on a whole split, in eval mode (hard permutation)."""
+        self.model.eval()
+        split = self.splits[split_name]
+        outs, gates = [], []
+        for start in range(0, len(split), self.cfg.eval_batch_size):
+            part = split.index(torch.arange(start, min(start + self.cfg.eval_batch_size, len(split)), device=self.device))
+            out = self.model(part.inputs, part.routing_ids)
+            outs.append(out.outputs)
+            gates.append(out.gate_weights)
+        return [torch.cat(o) for o in zip(*outs)], [torch.cat(g) for g in zip(*gates)]
+
+    def evaluate(self, split_name: str) -> dict[str, float]:
+        """{split}_loss (task-weighted, no regularizers) and {split}_{task}_{auc|mse|accuracy}."""
+        split: Split = self.splits[split_name]
+        outputs, _ = self.predict(split_name)
+        losses = task_losses(self.data.tasks, outputs, split.targets, split.masks)
+        metrics = {f"{split_name}_loss": float((self.task_weights * losses).sum())}
+        for t, (task, out) in enumerate(zip(self.data.tasks, outputs)):
+            mask = split.masks[:, t]
+            y, pred = split.targets[mask, t].cpu().numpy(), out[mask].float().cpu().numpy()
+            name = schema.task_metric_name(split_name, task.name, schema.TASK_METRIC[task.kind])
+            if task.kind == "binary":
+                finite = np.isfinite(pred).all()
+                metrics[name] = float(roc_auc_score(y, pred[:, 0])) if finite and len(np.unique(y)) == 2 else float("nan")
+            elif task.kind == "regression":
+                metrics[name] = float(((pred[:, 0] - y) ** 2).mean())
+            else:
+                metrics[name] = float((pred.argmax(1) == y).mean())
+        return metrics
+
+    def diagnostics(self, split_name: str) -> dict:
+        """Active experts per sample, per-expert load, the permutation, and routing recovery on synthetic data."""
+        _, gates = self.predict(split_name)
+        active = [(g != 0).float() for g in gates]
+        diag = {
+            "active_experts_mean": float(torch.stack([a.sum(1).mean() for a in active]).mean()),
+            "active_experts_per_task": [float(a.sum(1).mean()) for a in active],
+            "expert_load_per_task": [a.mean(0).tolist() for a in active],
+        }
+        if self.model.local_search is not None:
+            diag["permutation"] = self.model.local_search.permutation()
+        truth = (self.data.truth or {}).get(f"{split_name}_expert")
+        if truth is not None:
+            chosen = gates[0].argmax(1).cpu().numpy()
+            diag["routing_nmi"] = float(normalized_mutual_info_score(np.asarray(truth), chosen))
+        return diag
+
+
+def config_dict(*configs) -> dict:
+    return {type(c).__name__: asdict(c) for c in configs}
