@@ -1,5 +1,17 @@
 """Expert banks with two equivalent ways to run them: dense (every expert on every sample) and sparse
-(each expert only on the samples routed to it). mix() picks one and combines the outputs per task."""
+(each expert only on the samples routed to it). mix() picks one and combines the outputs per task.
+
+Performance notes (CPU, measured with bench/bench_moe_layer.py):
+- The first layer of MLPExperts is stored as one (in_dim, n * out) matrix, so the dense path is a single
+  addmm (bias fused) with no per-call permute copy of the weight nor of its gradient; .one(e) and the
+  sparse path use strided per-expert views of it.
+- The sparse path runs every layer as one grouped GEMM (_GroupedLinear): rows sorted by expert once,
+  one mm per non-empty expert written into preallocated buffers, ReLU fused, and a hand-written
+  backward, so there is no per-expert autograd graph, no torch.cat/split copies and no full-size
+  zero-filled gradient per expert.
+- Mixing is one batched product for all tasks (_Mix); its backward avoids the per-sample matmul loops
+  autograd's bmm backward falls into for (B x 1 x n) operands.
+"""
 from __future__ import annotations
 
 import math
@@ -9,8 +21,80 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class _GroupedLinear(torch.autograd.Function):
+    """rows grouped by expert (bounds[e]:bounds[e+1] belong to expert e) -> act(rows_e @ W_e + b_e).
+
+    weight is n x d_in x d_out (any strides, e.g. a permuted view of a flat parameter), bias n x d_out.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bounds, relu):
+        out = x.new_empty(x.shape[0], weight.shape[2])
+        for e in range(weight.shape[0]):
+            lo, hi = bounds[e], bounds[e + 1]
+            if hi > lo:
+                torch.addmm(bias[e], x[lo:hi], weight[e], out=out[lo:hi])
+        if relu:
+            out.clamp_min_(0)
+        ctx.bounds = bounds
+        ctx.relu = relu
+        ctx.save_for_backward(x, weight, out if relu else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, out = ctx.saved_tensors
+        bounds = ctx.bounds
+        n = weight.shape[0]
+        grad = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = x.new_empty(x.shape) if need_x else None
+        grad_w = grad_b = None
+        empty = any(bounds[e + 1] == bounds[e] for e in range(n))
+        if need_w:
+            # same memory layout as the weight (a flat first layer gets a flat, contiguous gradient)
+            grad_w = torch.zeros_like(weight) if empty else torch.empty_like(weight)
+        if need_b:
+            grad_b = weight.new_zeros(n, weight.shape[2]) if empty else weight.new_empty(n, weight.shape[2])
+        for e in range(n):
+            lo, hi = bounds[e], bounds[e + 1]
+            if hi == lo:
+                continue
+            g = grad[lo:hi]
+            if need_w:
+                torch.mm(x[lo:hi].t(), g, out=grad_w[e])
+            if need_x:
+                torch.mm(g, weight[e].t(), out=grad_x[lo:hi])
+            if need_b:
+                torch.sum(g, 0, out=grad_b[e])
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _Mix(torch.autograd.Function):
+    """out[b, t] = sum_i G[b, t, i] * H[b, i]: H is B x n x out, G is B x T x n -> B x T x out."""
+
+    @staticmethod
+    def forward(ctx, h, g):
+        ctx.save_for_backward(h, g)
+        return torch.bmm(g, h)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, g = ctx.saved_tensors
+        grad_h = grad_g = None
+        if ctx.needs_input_grad[0]:
+            g_t = g.transpose(1, 2)  # B x n x T
+            grad_h = g_t[:, :, :1] * grad_out[:, :1]
+            for t in range(1, g.shape[1]):
+                grad_h.addcmul_(g_t[:, :, t:t + 1], grad_out[:, t:t + 1])
+        if ctx.needs_input_grad[1]:
+            grad_g = torch.bmm(grad_out, h.transpose(1, 2))
+        return grad_h, grad_g
+
+
 class MLPExperts(nn.Module):
-    """n MLP experts with stacked weights: the dense path is one fused matmul for the first layer."""
+    """n MLP experts. The first layer is stored flat, (in_dim, n * width): expert e owns columns
+    e * width:(e + 1) * width, so the dense path is one fused matmul; later layers are n x d_in x d_out."""
 
     def __init__(self, n_experts: int, in_dim: int, hidden: list[int], dropout: float = 0.0):
         super().__init__()
@@ -21,29 +105,47 @@ class MLPExperts(nn.Module):
         dims = [in_dim, *hidden]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for layer, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
             bound = 1.0 / math.sqrt(d_in)
-            self.weights.append(nn.Parameter(torch.empty(n_experts, d_in, d_out).uniform_(-bound, bound)))
+            w = torch.empty(n_experts, d_in, d_out).uniform_(-bound, bound)
+            if layer == 0:
+                w = w.permute(1, 0, 2).reshape(d_in, n_experts * d_out).contiguous()
+            self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.empty(n_experts, d_out).uniform_(-bound, bound)))
         self.out_dim = dims[-1]
 
+    def expert_weight(self, layer: int) -> torch.Tensor:
+        """Layer `layer`'s weights as n x d_in x d_out (a view; strided for the flat first layer)."""
+        w = self.weights[layer]
+        if layer == 0:
+            return w.view(w.shape[0], self.n_experts, -1).transpose(0, 1)
+        return w
+
     def _activate(self, h: torch.Tensor) -> torch.Tensor:
-        return F.dropout(F.relu(h), self.dropout, self.training)
+        return F.dropout(h, self.dropout, self.training) if self.dropout > 0 else h
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """B x d -> B x n x out."""
-        w0 = self.weights[0]
-        n, d_in, d_out = w0.shape
-        h = self._activate((x @ w0.permute(1, 0, 2).reshape(d_in, n * d_out)).view(-1, n, d_out) + self.biases[0])
+        n = self.n_experts
+        h = self._activate(F.relu(torch.addmm(self.biases[0].view(-1), x, self.weights[0]), inplace=True))
+        h = h.view(x.shape[0], n, -1)
         for w, b in zip(self.weights[1:], self.biases[1:]):
-            h = self._activate(torch.bmm(h.transpose(0, 1), w).transpose(0, 1) + b)
+            h = torch.baddbmm(b.unsqueeze(1), h.transpose(0, 1), w).transpose(0, 1)  # n x B x d -> B x n x d
+            h = self._activate(F.relu(h))
+        return h
+
+    def grouped(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+        """Rows of x grouped by expert (expert e owns rows bounds[e]:bounds[e + 1]) -> R x out."""
+        h = x
+        for layer, b in enumerate(self.biases):
+            h = self._activate(_GroupedLinear.apply(h, self.expert_weight(layer), b, bounds, True))
         return h
 
     def one(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on the rows x."""
         h = x
-        for w, b in zip(self.weights, self.biases):
-            h = self._activate(torch.addmm(b[e], h, w[e]))
+        for layer, b in enumerate(self.biases):
+            h = self._activate(F.relu(torch.addmm(b[e], h, self.expert_weight(layer)[e])))
         return h
 
 
@@ -73,25 +175,37 @@ class CNNExperts(nn.Module):
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([expert(x) for expert in self.experts], dim=1)
 
+    def grouped(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+        pieces = [self.experts[e](x[bounds[e]:bounds[e + 1]]) for e in range(self.n_experts) if bounds[e + 1] > bounds[e]]
+        return torch.cat(pieces) if pieces else x.new_zeros(0, self.out_dim)
+
     def one(self, e: int, x: torch.Tensor) -> torch.Tensor:
         return self.experts[e](x)
 
 
+def _grouped(experts: nn.Module, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    if hasattr(experts, "grouped"):
+        return experts.grouped(x, bounds)
+    pieces = [experts.one(e, x[bounds[e]:bounds[e + 1]]) for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
+    return torch.cat(pieces) if pieces else x.new_zeros(0, experts.out_dim)
+
+
 def mix(experts: nn.Module, x: torch.Tensor, task_weights: list[torch.Tensor], sparse: bool) -> list[torch.Tensor]:
     """Per task t: sum_i g_t[:, i] * f_i(x). Sparse runs expert i only on samples some task routes to it."""
+    batch, n = task_weights[0].shape
     if not sparse:
         outputs = experts.dense(x)  # B x n x out
-        return [torch.bmm(g.unsqueeze(1), outputs).squeeze(1) for g in task_weights]
-    active = torch.stack(task_weights).ne(0).any(0)  # B x n
-    expert_index, sample_index = active.t().nonzero(as_tuple=True)  # grouped by expert
-    counts = active.sum(0).tolist()
-    pieces = []
-    for e, rows in enumerate(torch.split(sample_index, counts)):
-        if counts[e]:
-            pieces.append(experts.one(e, x[rows]))
-    out = torch.cat(pieces) if pieces else x.new_zeros(0, experts.out_dim)
-    results = []
-    for g in task_weights:
-        weighted = out * g[sample_index, expert_index].unsqueeze(1)
-        results.append(out.new_zeros(x.shape[0], out.shape[1]).index_add(0, sample_index, weighted))
-    return results
+        return list(_Mix.apply(outputs, torch.stack(task_weights, 1)).unbind(1))
+    stacked = torch.stack(task_weights)  # T x B x n
+    active = stacked.ne(0).any(0)  # B x n
+    expert_index, sample_index = active.t().nonzero(as_tuple=True)  # grouped by expert, samples ascending
+    counts = torch.bincount(expert_index, minlength=n).tolist()
+    bounds = [0]
+    for c in counts:
+        bounds.append(bounds[-1] + c)
+    out = _grouped(experts, x.index_select(0, sample_index), bounds)  # R x out
+    # each routed row's weight for every task: T x R -> R x T
+    row_weights = stacked.reshape(len(task_weights), batch * n).index_select(1, sample_index * n + expert_index).t()
+    weighted = (out.unsqueeze(1) * row_weights.unsqueeze(2)).reshape(out.shape[0], len(task_weights) * out.shape[1])
+    combined = out.new_zeros(batch, weighted.shape[1]).index_add(0, sample_index, weighted)
+    return list(combined.view(batch, len(task_weights), -1).unbind(1))

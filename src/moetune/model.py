@@ -152,6 +152,8 @@ def validate_model_config(cfg: ModelConfig, gate: GateConfig, local_search: Loca
         raise ConfigError(f"model.expert_type must be mlp or cnn (got {cfg.expert_type!r})")
     if cfg.compute not in ("auto", "dense", "sparse"):
         raise ConfigError(f"model.compute must be auto, dense or sparse (got {cfg.compute!r})")
+    if cfg.expert_type == "mlp" and not cfg.expert_hidden:
+        raise ConfigError("model.expert_hidden must list at least one layer width for mlp experts (got [])")
     for name, sizes in (("expert_hidden", cfg.expert_hidden), ("dense_hidden", cfg.dense_hidden), ("head_hidden", cfg.head_hidden)):
         if any(int(s) <= 0 for s in sizes):
             raise ConfigError(f"model.{name} sizes must be positive (got {list(sizes)})")

@@ -82,7 +82,8 @@ def task_losses(tasks: list[Task], outputs: list[torch.Tensor], targets: torch.T
     """Per-task mean loss over the samples where the task's target is present (T,)."""
     losses = []
     for t, (task, out) in enumerate(zip(tasks, outputs)):
-        y, m = targets[:, t], masks[:, t].to(out.dtype)
+        # a missing target may hold anything (NaN too); zero it so its skipped loss stays finite
+        y, m = targets[:, t].masked_fill(~masks[:, t], 0.0), masks[:, t].to(out.dtype)
         if task.kind == "binary":
             per = F.binary_cross_entropy_with_logits(out.squeeze(1), y, reduction="none")
         elif task.kind == "regression":

@@ -16,8 +16,12 @@ class DSelectKGate(Gate):
         self.gamma = gamma
         self.entropy_weight = entropy_weight
         self.n_bits = max(1, math.ceil(math.log2(n_experts)))
-        codes = torch.tensor([[(i >> b) & 1 for b in range(self.n_bits)] for i in range(n_experts)], dtype=torch.float32)
-        self.register_buffer("codes", codes)  # n x m; codes >= n are left out, i.e. masked
+        n_codes = 2**self.n_bits
+        codes = torch.tensor([[(c >> b) & 1 for b in range(self.n_bits)] for c in range(n_codes)], dtype=torch.float32)
+        self.register_buffer("codes", codes)  # 2^m x m
+        # codes >= n fold onto expert c mod n (as COMET folds its leaves): dropping them instead leaves a
+        # selector that saturates on one with no expert at all, i.e. weights off the simplex, forever
+        self.register_buffer("code_to_expert", torch.arange(n_codes) % n_experts, persistent=False)
         self.selector_logits = nn.Linear(in_dim, k * self.n_bits)
         self.mix_logits = nn.Linear(in_dim, k)
         # start inside the smooth-step band so gradients flow (as in the DSelect-k reference)
@@ -26,9 +30,10 @@ class DSelectKGate(Gate):
 
     def forward(self, x, routing_ids=None):
         bits = smooth_step(self.selector_logits(x).view(-1, self.k, 1, self.n_bits), self.gamma)  # B x k x 1 x m
-        per_bit = self.codes * bits + (1 - self.codes) * (1 - bits)  # B x k x n x m
-        selector = per_bit.prod(-1)  # B x k x n: each selector's distribution over experts
-        selector = selector / selector.sum(-1, keepdim=True).clamp_min(1e-12)
+        per_bit = self.codes * bits + (1 - self.codes) * (1 - bits)  # B x k x 2^m x m
+        per_code = per_bit.prod(-1)  # B x k x 2^m, sums to 1 over the codes
+        # each selector's distribution over experts (B x k x n)
+        selector = per_code.new_zeros(*per_code.shape[:2], self.n_experts).index_add(-1, self.code_to_expert, per_code)
         weights = (torch.softmax(self.mix_logits(x), -1).unsqueeze(-1) * selector).sum(1)
         aux = self.entropy_weight * entropy(selector).mean()
         return GateOutput(weights, aux)

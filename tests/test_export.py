@@ -1,0 +1,246 @@
+"""moetune-export against a real MLflow sqlite store laid out as schema.py says."""
+import csv
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from moetune import budget, export, schema
+from moetune.errors import ConfigError
+
+SWEEP = "sweep-a"
+N_RANDOM, N_TPE = 8, 5
+RESAMPLES = 200
+
+
+def _make_study(client, exp_id, *, gate, ls, sampler, seed, trials, dataset="synthetic"):
+    """trials: list of dicts (metrics) in trial-index order; a dict with "failed" makes a FAILED run."""
+    key = f"{gate}/{ls}/{dataset}/{sampler}/{seed}"
+    parent = client.create_run(exp_id, run_name=key, tags={
+        schema.ROLE: schema.STUDY, schema.GATE: gate, schema.LOCAL_SEARCH: ls, schema.DATASET: dataset,
+        schema.SAMPLER: sampler, schema.SEED: str(seed), schema.STUDY_KEY: key, schema.SWEEP: SWEEP})
+    pid = parent.info.run_id
+    # create children in reverse order: the exporter must order them by TRIAL_INDEX, not by creation
+    for i in reversed(range(len(trials))):
+        m = dict(trials[i])
+        failed = m.pop("failed", False)
+        killed = m.pop("killed", False)
+        child = client.create_run(exp_id, tags={
+            schema.ROLE: schema.TRIAL, "mlflow.parentRunId": pid, schema.TRIAL_INDEX: str(i),
+            schema.TRIAL_ID: f"{key}/{i}"})
+        now = int(time.time() * 1000)
+        client.log_batch(child.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in m.items()])
+        client.set_terminated(child.info.run_id, "KILLED" if killed else "FAILED" if failed else "FINISHED")
+    client.set_terminated(pid, "FINISHED")
+
+
+def _random_trials(rng, n, shift, failed_at=None):
+    out = []
+    for i in range(n):
+        val = rng.uniform(0.3, 0.6) - shift
+        if i == failed_at:
+            out.append({"failed": True, schema.VAL_LOSS: 9.9, schema.WALL_SECONDS: 50.0})
+            continue
+        out.append({"best_val_loss": val, "test_loss": val + rng.normal(0, 0.02),
+                    "best_val_watch_auc": 1 - val, "test_watch_auc": 1 - val + rng.normal(0, 0.02),
+                    schema.WALL_SECONDS: rng.uniform(5, 15)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(SWEEP, artifact_location=(root / "artifacts").as_uri())
+    rng = np.random.default_rng(0)
+    data = {}
+    for gate in ("topk", "comet"):
+        for ls, shift in (("on", 0.1), ("off", 0.0)):
+            trials = _random_trials(rng, N_RANDOM, shift, failed_at=3 if (gate, ls) == ("topk", "off") else None)
+            # an interrupted trial (KILLED) is left out: not a failure, a re-run redoes it
+            killed = [{"killed": True, schema.WALL_SECONDS: 1.0}] if (gate, ls) == ("comet", "on") else []
+            _make_study(client, exp_id, gate=gate, ls=ls, sampler="random", seed=0, trials=trials + killed)
+            data[(gate, ls, "random")] = [trials]
+    for ls, shift in (("on", 0.1), ("off", 0.0)):
+        seeds = [_random_trials(rng, N_TPE, shift) for _ in range(2)]
+        for seed, trials in enumerate(seeds):
+            _make_study(client, exp_id, gate="hash", ls=ls, sampler="tpe", seed=seed, trials=trials)
+        data[("hash", ls, "tpe")] = seeds
+    # a second sweep with a study that has only one finished trial
+    bad = client.create_experiment("sweep-bad", artifact_location=(root / "artifacts-bad").as_uri())
+    _make_study(client, bad, gate="topk", ls="on", sampler="random", seed=0,
+                trials=[{"best_val_loss": 0.4, "test_loss": 0.41, schema.WALL_SECONDS: 1.0},
+                        {"failed": True, schema.WALL_SECONDS: 1.0}])
+    return uri, root, data
+
+
+def _trials(metrics_list, metric):
+    nan = float("nan")
+    ok = [not m.get("failed", False) for m in metrics_list]
+    return budget.Trials(val=[m["best_val_loss"] if f else nan for m, f in zip(metrics_list, ok)],
+                         test=[m[metric] if f else nan for m, f in zip(metrics_list, ok)],
+                         failed=[not f for f in ok],
+                         seconds=[m[schema.WALL_SECONDS] for m in metrics_list])
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def exported(store, tmp_path_factory):
+    uri, _, _ = store
+    out = tmp_path_factory.mktemp("out") / "export"
+    files = export.export_sweep(uri, SWEEP, out, resamples=RESAMPLES, seed=0)
+    return files, out
+
+
+def test_files_written(exported):
+    files, out = exported
+    expected = {"curves.csv", "summary.md", "budget_curves.html"} | {
+        f"budget_{m}.{ext}" for m in ("test_loss", "test_watch_auc") for ext in ("png", "svg")}
+    assert set(files) == expected
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temp folder left behind
+    png = files["budget_test_loss.png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    svg = files["budget_test_watch_auc.svg"].read_text()
+    assert "<svg" in svg and "tuning budget (trials)" in svg and "Top-k + local search" in svg
+    assert "test_watch_auc (higher is better)" in svg
+    html = files["budget_curves.html"].read_text()
+    assert len(html) > 1_000_000  # plotly.js embedded: viewable offline
+    assert 'src="https://cdn' not in html
+    assert html.count("Plotly.newPlot") == 2 and "tuning budget (trials)" in html
+
+
+def test_csv_matches_budget_module(exported, store):
+    files, _ = exported
+    _, _, data = store
+    rows = _read_csv(files["curves.csv"])
+    assert list(rows[0].keys()) == export.CSV_COLUMNS
+    # 2 metrics x (4 random curves of 8 budgets + 2 tpe curves of 5 budgets)
+    assert len(rows) == 2 * (4 * N_RANDOM + 2 * N_TPE)
+    for metric in ("test_loss", "test_watch_auc"):
+        for gate in ("topk", "comet"):
+            for ls in ("on", "off"):
+                got = [r for r in rows if (r["metric"], r["gate"], r["local_search"]) == (metric, gate, ls)]
+                assert [int(r["budget"]) for r in got] == list(range(1, N_RANDOM + 1))
+                assert {r["estimator"] for r in got} == {"expected_max_with_replacement"}
+                assert got[0]["study"] == f"{gate}/{ls}/synthetic/random/0"
+                t = _trials(data[(gate, ls, "random")][0], metric)
+                want = budget.budget_curve(t.val, t.test, failed=t.failed, seconds=t.seconds,
+                                           resamples=RESAMPLES, seed=0)
+                np.testing.assert_allclose([float(r["value"]) for r in got], want.value, rtol=1e-12)
+                np.testing.assert_allclose([float(r["low"]) for r in got], want.low, rtol=1e-12)
+                np.testing.assert_allclose([float(r["high"]) for r in got], want.high, rtol=1e-12)
+                np.testing.assert_allclose([float(r["compute_seconds"]) for r in got],
+                                           np.arange(1, N_RANDOM + 1) * np.mean(t.seconds))
+                assert got[0]["higher_is_better"] == str(metric.endswith("auc"))
+        tpe = [r for r in rows if (r["metric"], r["gate"], r["local_search"]) == (metric, "hash", "on")]
+        assert {r["estimator"] for r in tpe} == {"running_best"} and tpe[0]["n_studies"] == "2"
+        want = budget.running_best_curve([_trials(s, metric) for s in data[("hash", "on", "tpe")]])
+        np.testing.assert_allclose([float(r["value"]) for r in tpe], want.value, rtol=1e-12)
+    failed = [r for r in rows if (r["gate"], r["local_search"]) == ("topk", "off")]
+    assert {r["n_failed"] for r in failed} == {"1"} and {r["n_trials"] for r in failed} == {str(N_RANDOM)}
+    assert float(failed[0]["p_no_model"]) == pytest.approx(1 / N_RANDOM)
+
+
+def _reduction_line(text, metric, gate_label):
+    section = text.split(f"## {metric} ")[1].split("\n## ")[0]
+    section = section.split(f"### {gate_label} — synthetic")[1].split("\n### ")[0]
+    return next(line for line in section.splitlines() if "budget reduction factor" in line)
+
+
+def test_summary(exported, store):
+    files, _ = exported
+    _, _, data = store
+    text = files["summary.md"].read_text()
+    assert "## test_loss (lower is better)" in text and "## test_watch_auc (higher is better)" in text
+    assert "### Top-k — synthetic" in text and "### COMET — synthetic" in text
+    t_on = _trials(data[("topk", "on", "random")][0], "test_loss")
+    t_off = _trials(data[("topk", "off", "random")][0], "test_loss")
+    on_curve = budget.expected_best_curve(t_on.val, t_on.test)
+    row = next(line for line in text.splitlines() if line.startswith("| Top-k + local search |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == f"{budget.expected_best_curve(t_on.val, t_on.test, replacement=False)[-1]:.4g}"  # best
+    assert cells[4] == f"{on_curve[0]:.4g}"  # n = 1
+    assert cells[5] == "—" and cells[6] == "—"  # n = 10, 100 > N = 8
+    red = budget.reduction_factor(t_on, t_off, resamples=RESAMPLES, seed=0)
+    assert not red.censored
+    line = _reduction_line(text, "test_loss", "Top-k")
+    assert f": {red.factor:.3g}, 90% bootstrap interval [{red.low:.3g}, " in line
+    assert f"(n_off = {red.n_off}, n_on = {red.n_on})" in line
+    # TPE: from the running-best curves, no interval; censored here since off never reaches on's n=1
+    tpe = [budget.running_best_curve([_trials(s, "test_loss") for s in data[("hash", ls, "tpe")]]) for ls in ("on", "off")]
+    red = budget.reduction_factor(*tpe)
+    line = _reduction_line(text, "test_loss", "Hash")
+    assert red.censored and f"> {red.lower_bound:g} (without local search" in line
+    assert "Top-k + local search (TPE, running best)" not in text  # hash gate is not Top-k
+    assert "Hash + local search (TPE, running best)" in text
+
+
+def test_artifacts_logged_on_export_run(exported, store):
+    files, _ = exported
+    uri, _, _ = store
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(SWEEP)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{schema.ROLE}` = 'export'")
+    assert len(runs) >= 1
+    names = {a.path for a in client.list_artifacts(runs[-1].info.run_id)}
+    assert names == set(files)
+
+
+def test_metric_and_filter(store, tmp_path):
+    uri, _, _ = store
+    files = export.export_sweep(uri, SWEEP, tmp_path / "o", metric="test_watch_auc", filters=["gate=topk"],
+                                resamples=20, log_to_mlflow=False)
+    rows = _read_csv(files["curves.csv"])
+    assert {r["metric"] for r in rows} == {"test_watch_auc"} and {r["gate"] for r in rows} == {"topk"}
+    assert "budget_test_loss.png" not in files
+
+
+@pytest.mark.parametrize("kwargs, experiment, message", [
+    ({}, "nope", "unknown experiment 'nope'; available: Default, sweep-a, sweep-bad"),
+    ({}, "sweep-bad", "study 'topk/on/synthetic/random/0' has 1 finished trial(s)"),
+    ({"metric": "test_rating_mse"}, SWEEP, "recorded test metrics: test_loss, test_watch_auc"),
+    ({"filters": ["gate=softmax"]}, SWEEP, "no study matches gate=softmax; values of gate: comet, hash, topk"),
+    ({"filters": ["gate"]}, SWEEP, "is not KEY=VALUE"),
+])
+def test_bad_input_writes_nothing(store, tmp_path, kwargs, experiment, message):
+    uri, _, _ = store
+    out = tmp_path / "sweeps" / "x" / "export"
+    with pytest.raises(ConfigError) as e:
+        export.export_sweep(uri, experiment, out, resamples=10, **kwargs)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_missing_store_is_not_created(tmp_path):
+    db = tmp_path / "none.db"
+    with pytest.raises(ConfigError, match="no MLflow store"):
+        export.export_sweep(f"sqlite:///{db}", SWEEP, tmp_path / "o")
+    assert not db.exists() and not (tmp_path / "o").exists()
+
+
+def test_main_prints_paths(store, tmp_path, capsys):
+    uri, _, _ = store
+    rc = export.main(["--experiment", SWEEP, "--tracking-uri", uri, "--out", str(tmp_path / "cli"),
+                      "--metric", "test_loss", "--filter", "gate=comet", "--resamples", "20"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "cli" / "curves.csv") in out and "budget_test_loss.png" in out
+
+
+def test_cli_unknown_experiment(store, tmp_path):
+    uri, _, _ = store
+    proc = subprocess.run([sys.executable, "-m", "moetune.export", "--experiment", "nope", "--tracking-uri", uri,
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: unknown experiment 'nope'; available: Default, sweep-a, sweep-bad"]
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,274 @@
+"""Permutation local search: Sinkhorn, hardening, schedules, freezing, applying, checkpointing."""
+from __future__ import annotations
+
+import io
+import itertools
+import math
+
+import pytest
+import torch
+
+from moetune.data.base import MultiTaskData, Split, Task
+from moetune.local_search import PermutationLocalSearch, harden, log_sinkhorn
+from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
+
+
+def assert_permutation_matrix(p: torch.Tensor):
+    n = p.shape[0]
+    assert p.shape == (n, n)
+    assert torch.equal(p, p.round()) and set(p.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(p.sum(0), torch.ones(n)) and torch.equal(p.sum(1), torch.ones(n))
+
+
+def trained_search(n: int = 5, seed: int = 0, steps: int = 3) -> PermutationLocalSearch:
+    """A search whose log-weights are random and whose last soft matrix comes from a few forward passes."""
+    torch.manual_seed(seed)
+    ls = PermutationLocalSearch(n, e_perm=2)
+    with torch.no_grad():
+        ls.log_weights.normal_()
+    ls.train()
+    for step in range(steps):
+        ls.progress = step / steps
+        ls.matrix()
+    return ls
+
+
+# --- Sinkhorn ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 5, 9])
+@pytest.mark.parametrize("tau", [3.0, 1.0, 0.3])  # converges in 200 iterations; colder needs many more
+def test_log_sinkhorn_is_doubly_stochastic(n, tau):
+    g = torch.Generator().manual_seed(n)
+    for _ in range(5):
+        p = log_sinkhorn(torch.randn(n, n, generator=g) / tau, n_iters=200)
+        assert (p >= 0).all()
+        torch.testing.assert_close(p.sum(0), torch.ones(n), atol=1e-4, rtol=0)
+        torch.testing.assert_close(p.sum(1), torch.ones(n), atol=1e-4, rtol=0)
+
+
+def test_log_sinkhorn_batched_and_differentiable():
+    x = torch.randn(3, 4, 4, requires_grad=True)
+    p = log_sinkhorn(x, n_iters=100)
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, 4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(p.sum(-2), torch.ones(3, 4), atol=1e-4, rtol=0)
+    (p * torch.randn(3, 4, 4)).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_log_sinkhorn_at_low_temperature_approaches_the_matching():
+    torch.manual_seed(1)
+    w = torch.randn(6, 6)
+    p = log_sinkhorn(w / 0.01, n_iters=500)
+    assert torch.equal(p.round(), harden(w))
+
+
+# --- hardening ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(5))
+def test_harden_is_the_best_permutation(seed):
+    n = 5
+    w = torch.randn(n, n, generator=torch.Generator().manual_seed(seed))
+    p = harden(w)
+    assert_permutation_matrix(p)
+    best = max(sum(float(w[i, perm[i]]) for i in range(n)) for perm in itertools.permutations(range(n)))
+    assert float((w * p).sum()) == pytest.approx(best, abs=1e-5)
+
+
+def test_harden_keeps_dtype_and_does_not_track_grad():
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    p = harden(w)
+    assert p.dtype == torch.float64 and not p.requires_grad
+
+
+# --- schedules ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("progress, tau, iters", [(0.0, 1e-3, 20), (0.5, 1e-5, 85), (1.0, 1e-7, 150),
+                                                    (-0.5, 1e-3, 20), (2.0, 1e-7, 150)])
+def test_schedule(progress, tau, iters):
+    ls = PermutationLocalSearch(4)
+    ls.progress = progress
+    got_tau, got_iters = ls.schedule()
+    assert got_tau == pytest.approx(tau, rel=1e-9)
+    assert got_iters == iters
+
+
+def test_schedule_is_log_linear_in_tau_and_monotone():
+    ls = PermutationLocalSearch(4)
+    values = []
+    for f in [i / 10 for i in range(11)]:
+        ls.progress = f
+        values.append(ls.schedule())
+    log_taus = [math.log10(t) for t, _ in values]
+    steps = [b - a for a, b in zip(log_taus, log_taus[1:])]
+    assert all(s == pytest.approx(-0.4) for s in steps)
+    iters = [i for _, i in values]
+    assert iters == sorted(iters) and iters[0] == 20 and iters[-1] == 150
+
+
+# --- learning, freezing, eval ------------------------------------------------------------------------
+
+def test_learning_matrix_is_soft_with_penalty_and_gradient():
+    ls = PermutationLocalSearch(4, zeta=1.0).train()
+    ls.progress = 0.0
+    with torch.no_grad():
+        ls.log_weights.normal_(0, 1e-4)  # near-uniform: at tau 1e-3 still clearly soft
+    p, penalty = ls.matrix()
+    assert p.shape == (4, 4) and (p >= 0).all()
+    torch.testing.assert_close(p.sum(0), torch.ones(4), atol=1e-4, rtol=0)
+    assert penalty > 0
+    ((p * torch.randn(4, 4)).sum() + penalty).backward()
+    assert ls.log_weights.grad.abs().sum() > 0
+    assert torch.equal(ls.last_soft, p.detach())
+
+
+def test_freeze_returns_the_hard_permutation_without_penalty():
+    ls = trained_search()
+    expected = harden(ls.last_soft)
+    ls.freeze()
+    assert ls.frozen and bool(ls.is_hard)
+    assert not ls.log_weights.requires_grad
+    ls.train()
+    assert not ls.learning
+    for _ in range(2):
+        p, penalty = ls.matrix()
+        assert_permutation_matrix(p)
+        assert torch.equal(p, expected)
+        assert float(penalty) == 0.0
+    assert ls.permutation() == expected.argmax(1).tolist()
+
+
+def test_eval_before_freeze_uses_a_hard_permutation():
+    ls = trained_search()
+    ls.eval()
+    p1, penalty = ls.matrix()
+    p2, _ = ls.matrix()
+    assert_permutation_matrix(p1)
+    assert torch.equal(p1, p2)  # no noise in eval
+    assert torch.equal(p1, harden(ls.last_soft))
+    assert float(penalty) == 0.0
+    assert not ls.frozen
+
+
+# --- apply -------------------------------------------------------------------------------------------
+
+def test_apply_moves_a_one_hot_row_to_the_permuted_expert():
+    ls = trained_search(n=5, seed=3)
+    ls.freeze()
+    perm = ls.permutation()
+    assert sorted(perm) == list(range(5))
+    p, _ = ls.matrix()
+    for i in range(5):
+        one_hot = torch.nn.functional.one_hot(torch.tensor([i]), 5).float()
+        moved = PermutationLocalSearch.apply(one_hot, p)
+        assert moved.argmax(1).item() == perm[i]
+        assert torch.equal(moved, torch.nn.functional.one_hot(torch.tensor([perm[i]]), 5).float())
+
+
+def test_apply_keeps_weights_on_the_simplex_with_a_soft_matrix():
+    torch.manual_seed(4)
+    w = torch.softmax(torch.randn(32, 6), 1)
+    w = w * (torch.rand(32, 6) > 0.5)  # sparse rows
+    w[:, 0] += 1e-3
+    w = w / w.sum(1, keepdim=True)
+    soft = log_sinkhorn(torch.randn(6, 6), 50)
+    out = PermutationLocalSearch.apply(w, soft)
+    assert (out >= 0).all()
+    torch.testing.assert_close(out.sum(1), torch.ones(32), atol=1e-5, rtol=0)
+
+
+def test_apply_with_a_hard_permutation_permutes_columns():
+    w = torch.softmax(torch.randn(8, 4), 1)
+    perm = [2, 0, 3, 1]
+    p = torch.zeros(4, 4)
+    p[range(4), perm] = 1.0
+    out = PermutationLocalSearch.apply(w, p)
+    for i in range(4):
+        torch.testing.assert_close(out[:, perm[i]], w[:, i])
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+def test_frozen_permutation_survives_state_dict_round_trip():
+    ls = trained_search(n=6, seed=5)
+    ls.freeze()
+    buffer = io.BytesIO()
+    torch.save(ls.state_dict(), buffer)
+    buffer.seek(0)
+
+    fresh = PermutationLocalSearch(6, e_perm=2)
+    assert not fresh.frozen
+    fresh.load_state_dict(torch.load(buffer))
+    assert fresh.frozen and not fresh.log_weights.requires_grad
+    fresh.train()
+    p, penalty = fresh.matrix()
+    assert torch.equal(p, ls.hard)
+    assert float(penalty) == 0.0
+    assert fresh.permutation() == ls.permutation()
+
+
+def test_loading_an_unfrozen_state_unfreezes():
+    ls = trained_search(n=4)
+    before = {k: v.clone() for k, v in ls.state_dict().items()}
+    ls.freeze()
+    ls.load_state_dict(before)
+    assert not ls.frozen and ls.log_weights.requires_grad
+    assert ls.train().learning
+
+
+# --- in the model ------------------------------------------------------------------------------------
+
+def tiny_data(n: int = 64, n_ids: int = 20) -> MultiTaskData:
+    g = torch.Generator().manual_seed(0)
+
+    def split(rows):
+        ids = torch.randint(0, n_ids, (rows,), generator=g)
+        return Split(inputs={"ids": ids.unsqueeze(1), "dense": torch.randn(rows, 5, generator=g)},
+                     targets=torch.stack([torch.randint(0, 2, (rows,), generator=g).float(), torch.randn(rows, generator=g)], 1),
+                     masks=torch.ones(rows, 2, dtype=torch.bool), routing_ids=ids)
+
+    return MultiTaskData("tiny", [Task("a", "binary"), Task("b", "regression")], split(n), split(16), split(16),
+                         id_cardinalities=[n_ids], n_routing_ids=n_ids).validate()
+
+
+@pytest.mark.parametrize("gate, k", [("topk", 2), ("hash", 1), ("topk", 1)])
+def test_k_sparse_gate_stays_k_sparse_after_hardening(gate, k):
+    torch.manual_seed(6)
+    data = tiny_data()
+    cfg = ModelConfig(n_experts=6, expert_hidden=[8], embed_dim=4, dense_hidden=[4], head_hidden=[4], expert_dropout=0.0)
+    model = MMoE(data, cfg, GateConfig(gate, k), LocalSearchConfig(enabled=True, e_perm=1))
+    batch = data.train
+    with torch.no_grad():
+        model.local_search.log_weights.normal_()
+    model.train()
+    soft = model(batch.inputs, batch.routing_ids)  # learning phase: soft P, dense weights allowed
+    assert all(torch.isfinite(w).all() for w in soft.gate_weights)
+
+    model.eval()  # before freezing: hard P in eval
+    for w in model(batch.inputs, batch.routing_ids).gate_weights:
+        assert int((w != 0).sum(1).max()) <= k
+        torch.testing.assert_close(w.sum(1), torch.ones(len(batch)), atol=1e-5, rtol=0)
+
+    model.local_search.freeze()
+    model.train()
+    out = model(batch.inputs, batch.routing_ids)
+    raw = [g(model.bottom(batch.inputs), batch.routing_ids).weights for g in model.gates]
+    perm = model.local_search.permutation()
+    for w, r in zip(out.gate_weights, raw):
+        assert int((w != 0).sum(1).max()) <= k
+        torch.testing.assert_close(w[:, perm], r)  # expert i's weight went to perm[i]
+
+
+def test_model_checkpoint_restores_the_frozen_permutation():
+    torch.manual_seed(7)
+    data = tiny_data()
+    cfg = ModelConfig(n_experts=5, expert_hidden=[8], embed_dim=4, dense_hidden=[4], head_hidden=[4], expert_dropout=0.0)
+    a = MMoE(data, cfg, GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=1))
+    with torch.no_grad():
+        a.local_search.log_weights.normal_()
+    a.train()(data.train.inputs, data.train.routing_ids)
+    a.local_search.freeze()
+    b = MMoE(data, cfg, GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=1))
+    b.load_state_dict(a.state_dict())
+    assert b.local_search.frozen
+    a.eval(), b.eval()
+    torch.testing.assert_close(b(data.val.inputs).outputs[0], a(data.val.inputs).outputs[0])

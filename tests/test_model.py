@@ -1,0 +1,283 @@
+"""MMoE: sparse and dense expert computation agree (values and gradients); bad configs fail early."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moetune.data.base import MultiTaskData, Split, Task
+from moetune.errors import ConfigError
+from moetune.experts import CNNExperts, MLPExperts, mix
+from moetune.gates import build_gate
+from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
+from moetune.training import TrainConfig, Trainer
+
+N_IDS = 30
+
+
+def tabular_data(n: int = 48) -> MultiTaskData:
+    g = torch.Generator().manual_seed(0)
+
+    def split(rows):
+        ids = torch.randint(0, N_IDS, (rows,), generator=g)
+        return Split(inputs={"ids": ids.unsqueeze(1), "dense": torch.randn(rows, 6, generator=g)},
+                     targets=torch.stack([torch.randint(0, 2, (rows,), generator=g).float(), torch.randn(rows, generator=g)], 1),
+                     masks=torch.ones(rows, 2, dtype=torch.bool), routing_ids=ids)
+
+    return MultiTaskData("tabular", [Task("a", "binary"), Task("b", "regression")], split(n), split(16), split(16),
+                         id_cardinalities=[N_IDS], n_routing_ids=N_IDS).validate()
+
+
+def image_data(n: int = 24) -> MultiTaskData:
+    g = torch.Generator().manual_seed(1)
+
+    def split(rows):
+        ids = torch.randint(0, N_IDS, (rows,), generator=g)
+        return Split(inputs={"image": torch.rand(rows, 1, 12, 12, generator=g)},
+                     targets=torch.stack([torch.randint(0, 3, (rows,), generator=g).float(),
+                                          torch.randint(0, 3, (rows,), generator=g).float()], 1),
+                     masks=torch.ones(rows, 2, dtype=torch.bool), routing_ids=ids)
+
+    return MultiTaskData("images", [Task("left", "multiclass", 3), Task("right", "multiclass", 3)],
+                         split(n), split(8), split(8), n_routing_ids=N_IDS).validate()
+
+
+def small_cfg(**overrides) -> ModelConfig:
+    cfg = dict(n_experts=6, expert_hidden=[12, 10], expert_dropout=0.0, embed_dim=4, dense_hidden=[8], head_hidden=[8])
+    cfg.update(overrides)
+    return ModelConfig(**cfg)
+
+
+def gate_cfg(name: str, k: int = 2) -> GateConfig:
+    return GateConfig(name, 1 if name == "hash" else k)
+
+
+def outputs_with(model: MMoE, compute: str, split: Split):
+    model.cfg.compute = compute
+    return model(split.inputs, split.routing_ids)
+
+
+# --- experts.mix directly ----------------------------------------------------------------------------
+
+def sparse_task_weights(n_rows: int, in_dim: int, n_experts: int) -> list[torch.Tensor]:
+    torch.manual_seed(2)
+    x = torch.randn(n_rows, in_dim)
+    topk = build_gate("topk", in_dim, n_experts, k=2)
+    hashed = build_gate("hash", in_dim, n_experts, k=1, n_routing_ids=4)  # 4 ids: some experts get nothing
+    return [topk(x).weights, hashed(x, torch.randint(0, 4, (n_rows,))).weights]
+
+
+def test_mix_sparse_equals_dense_for_two_layer_mlp_experts():
+    torch.manual_seed(3)
+    experts = MLPExperts(6, 10, [12, 8]).eval()
+    x = torch.randn(40, 10)
+    weights = sparse_task_weights(40, 10, 6)
+    dense = mix(experts, x, weights, sparse=False)
+    sparse = mix(experts, x, weights, sparse=True)
+    for d, s in zip(dense, sparse):
+        assert s.shape == (40, 8)
+        torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-5)
+
+
+def test_mix_sparse_equals_dense_gradients_for_mlp_experts():
+    torch.manual_seed(4)
+    experts = MLPExperts(6, 10, [12, 8]).eval()
+    x0 = torch.randn(40, 10)
+    logits0 = torch.randn(40, 6)
+    grads = {}
+    for sparse in (False, True):
+        experts.zero_grad()
+        x = x0.clone().requires_grad_()
+        logits = logits0.clone().requires_grad_()
+        top = logits.topk(2, dim=1)
+        w = torch.zeros_like(logits).scatter(1, top.indices, torch.softmax(top.values, 1))
+        out = mix(experts, x, [w, w.flip(1)], sparse=sparse)
+        loss = sum((o * torch.linspace(-1, 1, o.shape[1])).pow(2).sum() for o in out)
+        loss.backward()
+        grads[sparse] = [x.grad, logits.grad] + [p.grad.clone() for p in experts.parameters()]
+    for d, s in zip(grads[False], grads[True]):
+        torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-4)
+    assert all(g.abs().sum() > 0 for g in grads[True])
+
+
+def test_mix_sparse_runs_each_expert_only_on_its_rows():
+    experts = MLPExperts(4, 3, [5]).eval()
+    calls = {}
+    original = experts.one
+
+    def counting_one(e, x):
+        calls[e] = x.shape[0]
+        return original(e, x)
+
+    experts.one = counting_one
+    w = torch.zeros(6, 4)
+    w[:3, 0] = 1.0
+    w[3:, 2] = 0.5
+    w[3:, 3] = 0.5
+    mix(experts, torch.randn(6, 3), [w], sparse=True)
+    assert calls == {0: 3, 2: 3, 3: 3}
+
+
+def test_mix_sparse_with_no_active_expert_gives_zeros():
+    experts = MLPExperts(3, 4, [5]).eval()
+    out = mix(experts, torch.randn(2, 4), [torch.zeros(2, 3)], sparse=True)
+    assert torch.equal(out[0], torch.zeros(2, 5))
+
+
+# --- through the model -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gate", ["topk", "hash"])
+@pytest.mark.parametrize("local_search", [False, True])
+def test_model_sparse_equals_dense_mlp(gate, local_search):
+    torch.manual_seed(5)
+    data = tabular_data()
+    model = MMoE(data, small_cfg(), gate_cfg(gate), LocalSearchConfig(enabled=local_search, e_perm=1)).eval()
+    dense = outputs_with(model, "dense", data.train)
+    sparse = outputs_with(model, "sparse", data.train)
+    for d, s in zip(dense.outputs, sparse.outputs):
+        torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-5)
+    for d, s in zip(dense.gate_weights, sparse.gate_weights):
+        assert torch.equal(s, d)
+
+
+@pytest.mark.parametrize("gate", ["topk", "hash"])
+def test_model_sparse_equals_dense_cnn(gate):
+    torch.manual_seed(6)
+    data = image_data()
+    model = MMoE(data, small_cfg(n_experts=4, expert_type="cnn", expert_hidden=[8, 8]), gate_cfg(gate),
+                 LocalSearchConfig()).eval()
+    dense = outputs_with(model, "dense", data.train)
+    sparse = outputs_with(model, "sparse", data.train)
+    assert dense.outputs[0].shape == (len(data.train), 3)
+    for d, s in zip(dense.outputs, sparse.outputs):
+        torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-5)
+
+
+def test_model_sparse_equals_dense_gradients_mlp():
+    torch.manual_seed(7)
+    data = tabular_data()
+    model = MMoE(data, small_cfg(), gate_cfg("topk"), LocalSearchConfig()).eval()
+    grads = {}
+    for compute in ("dense", "sparse"):
+        model.zero_grad()
+        out = outputs_with(model, compute, data.train)
+        sum(o.pow(2).sum() for o in out.outputs).backward()
+        grads[compute] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["dense"].keys() == grads["sparse"].keys()
+    assert any(n.startswith("experts.") for n in grads["sparse"]) and any(n.startswith("gates.") for n in grads["sparse"])
+    for name in grads["dense"]:
+        torch.testing.assert_close(grads["sparse"][name], grads["dense"][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_model_output_shapes_and_weights():
+    torch.manual_seed(8)
+    data = tabular_data()
+    model = MMoE(data, small_cfg(), gate_cfg("topk"), LocalSearchConfig()).eval()
+    out = model(data.val.inputs, data.val.routing_ids)
+    assert [o.shape for o in out.outputs] == [(16, 1), (16, 1)]
+    assert len(out.gate_weights) == 2 and all(w.shape == (16, 6) for w in out.gate_weights)
+    assert len(model.gates) == 2 and model.gates[0] is not model.gates[1]
+
+
+def test_model_auto_compute_matches_dense():
+    torch.manual_seed(9)
+    data = tabular_data()
+    model = MMoE(data, small_cfg(n_experts=8), gate_cfg("topk", 1), LocalSearchConfig()).eval()
+    auto = outputs_with(model, "auto", data.train)
+    assert model.use_sparse_compute(auto.gate_weights)  # 1 of 8 experts per sample: sparse pays off
+    dense = outputs_with(model, "dense", data.train)
+    for d, a in zip(dense.outputs, auto.outputs):
+        torch.testing.assert_close(a, d, atol=1e-5, rtol=1e-5)
+
+
+def test_model_auto_compute_stays_dense_for_dense_gates_and_while_learning_a_permutation():
+    data = tabular_data()
+    softmax = MMoE(data, small_cfg(), gate_cfg("softmax"), LocalSearchConfig()).eval()
+    assert not softmax.use_sparse_compute([torch.full((4, 6), 1 / 6)])
+    learning = MMoE(data, small_cfg(), gate_cfg("topk"), LocalSearchConfig(enabled=True, e_perm=1)).train()
+    assert not learning.use_sparse_compute([torch.eye(6)[:4]])
+
+
+# --- bad configuration -------------------------------------------------------------------------------
+
+BAD_MODEL = [
+    (dict(), GateConfig("nope", 2), "nope"),
+    (dict(n_experts=4), GateConfig("topk", 5), "gate.k"),
+    (dict(n_experts=4), GateConfig("topk", 0), "gate.k"),
+    (dict(n_experts=4), GateConfig("comet", -1), "gate.k"),
+    (dict(n_experts=1), GateConfig("topk", 1), "model.n_experts"),
+    (dict(n_experts=1), GateConfig("softmax", 1), "model.n_experts"),
+    (dict(expert_hidden=[0]), GateConfig("topk", 2), "model.expert_hidden"),
+    (dict(expert_hidden=[8, -3]), GateConfig("topk", 2), "model.expert_hidden"),
+    (dict(expert_hidden=[]), GateConfig("topk", 2), "model.expert_hidden"),
+    (dict(head_hidden=[0]), GateConfig("topk", 2), "model.head_hidden"),
+    (dict(dense_hidden=[-1]), GateConfig("topk", 2), "model.dense_hidden"),
+    (dict(embed_dim=0), GateConfig("topk", 2), "model.embed_dim"),
+    (dict(expert_dropout=1.0), GateConfig("topk", 2), "model.expert_dropout"),
+    (dict(expert_type="rnn"), GateConfig("topk", 2), "model.expert_type"),
+    (dict(compute="fast"), GateConfig("topk", 2), "model.compute"),
+    (dict(), GateConfig("hash", 2), "gate.k=1"),
+    (dict(), GateConfig("comet", 2, {"gamma": 0}), "gamma"),
+    (dict(), GateConfig("topk", 2, {"bogus": 1}), "bogus"),
+]
+
+
+@pytest.mark.parametrize("overrides, gate, key", BAD_MODEL)
+def test_bad_model_config_is_a_config_error_naming_the_key(overrides, gate, key):
+    with pytest.raises(ConfigError) as info:
+        MMoE(tabular_data(), small_cfg(**overrides), gate, LocalSearchConfig())
+    assert key in str(info.value)
+
+
+def test_unknown_gate_lists_the_choices():
+    with pytest.raises(ConfigError) as info:
+        MMoE(tabular_data(), small_cfg(), GateConfig("nope", 2), LocalSearchConfig())
+    assert "topk" in str(info.value) and "comet" in str(info.value)
+
+
+def test_local_search_e_perm_below_one_is_a_config_error():
+    with pytest.raises(ConfigError, match="local_search.e_perm"):
+        MMoE(tabular_data(), small_cfg(), GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=0))
+
+
+def test_cnn_experts_without_images_is_a_config_error():
+    with pytest.raises(ConfigError, match="expert_type=cnn"):
+        MMoE(tabular_data(), small_cfg(expert_type="cnn"), GateConfig("topk", 2), LocalSearchConfig())
+
+
+def test_hash_gate_on_a_dataset_without_routing_ids_is_a_config_error():
+    data = tabular_data()
+    data.n_routing_ids = None
+    with pytest.raises(ConfigError, match="routing ids"):
+        MMoE(data, small_cfg(), GateConfig("hash", 1), LocalSearchConfig())
+
+
+BAD_TRAIN = [
+    (dict(batch_size=0), LocalSearchConfig(), "train.batch_size"),
+    (dict(max_epochs=0), LocalSearchConfig(), "train.max_epochs"),
+    (dict(patience=0), LocalSearchConfig(), "train.patience"),
+    (dict(lr=0.0), LocalSearchConfig(), "train.lr"),
+    (dict(lr=-1e-3), LocalSearchConfig(), "train.lr"),
+    (dict(lr=float("nan")), LocalSearchConfig(), "train.lr"),
+    (dict(device="gpu"), LocalSearchConfig(), "train.device"),
+    (dict(task_weights=[1.0]), LocalSearchConfig(), "train.task_weights"),
+    (dict(task_weights=[1.0, -1.0]), LocalSearchConfig(), "train.task_weights"),
+    (dict(max_epochs=3), LocalSearchConfig(enabled=True, e_perm=4), "local_search.e_perm"),
+]
+
+
+@pytest.mark.parametrize("overrides, ls, key", BAD_TRAIN)
+def test_bad_train_config_is_a_config_error_naming_the_key(overrides, ls, key):
+    with pytest.raises(ConfigError) as info:
+        Trainer(tabular_data(), small_cfg(), GateConfig("topk", 2), ls, TrainConfig(**overrides))
+    assert key in str(info.value)
+
+
+def test_e_perm_equal_to_max_epochs_is_fine():
+    Trainer(tabular_data(), small_cfg(), GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=3),
+            TrainConfig(max_epochs=3, device="cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.device"):
+        Trainer(tabular_data(), small_cfg(), GateConfig("topk", 2), LocalSearchConfig(), TrainConfig(device="cuda"))
