@@ -118,12 +118,11 @@ def test_learning_matrix_is_soft_with_penalty_and_gradient():
     assert penalty > 0
     ((p * torch.randn(4, 4)).sum() + penalty).backward()
     assert ls.log_weights.grad.abs().sum() > 0
-    assert torch.equal(ls.last_soft, p.detach())
 
 
 def test_freeze_returns_the_hard_permutation_without_penalty():
     ls = trained_search()
-    expected = harden(ls.last_soft)
+    expected = harden(ls.log_weights)
     ls.freeze()
     assert ls.frozen and bool(ls.is_hard)
     assert not ls.log_weights.requires_grad
@@ -144,7 +143,7 @@ def test_eval_before_freeze_uses_a_hard_permutation():
     p2, _ = ls.matrix()
     assert_permutation_matrix(p1)
     assert torch.equal(p1, p2)  # no noise in eval
-    assert torch.equal(p1, harden(ls.last_soft))
+    assert torch.equal(p1, harden(ls.log_weights))
     assert float(penalty) == 0.0
     assert not ls.frozen
 

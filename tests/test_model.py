@@ -100,21 +100,23 @@ def test_mix_sparse_equals_dense_gradients_for_mlp_experts():
 
 
 def test_mix_sparse_runs_each_expert_only_on_its_rows():
-    experts = MLPExperts(4, 3, [5]).eval()
-    calls = {}
-    original = experts.one
-
-    def counting_one(e, x):
-        calls[e] = x.shape[0]
-        return original(e, x)
-
-    experts.one = counting_one
+    """An expert no sample is routed to is never run: poisoning it leaves the sparse result intact
+    (the dense path runs it everywhere, and 0 * NaN is NaN)."""
+    torch.manual_seed(10)
+    experts = MLPExperts(4, 3, [5, 4]).eval()
+    with torch.no_grad():
+        for b in experts.biases:
+            b[1] = float("nan")
     w = torch.zeros(6, 4)
     w[:3, 0] = 1.0
-    w[3:, 2] = 0.5
-    w[3:, 3] = 0.5
-    mix(experts, torch.randn(6, 3), [w], sparse=True)
-    assert calls == {0: 3, 2: 3, 3: 3}
+    w[3:, 2] = 0.25
+    w[3:, 3] = 0.75
+    x = torch.randn(6, 3)
+    sparse = mix(experts, x, [w], sparse=True)[0]
+    assert torch.isfinite(sparse).all()
+    assert not torch.isfinite(mix(experts, x, [w], sparse=False)[0]).all()
+    torch.testing.assert_close(sparse[:3], experts.one(0, x[:3]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse[3:], 0.25 * experts.one(2, x[3:]) + 0.75 * experts.one(3, x[3:]), atol=1e-5, rtol=1e-5)
 
 
 def test_mix_sparse_with_no_active_expert_gives_zeros():

@@ -59,7 +59,7 @@ class StudySchema:
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     local_search: LocalSearchSchema = field(default_factory=LocalSearchSchema)
-    train: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
     search_space: dict = field(default_factory=dict)
     tuner: TunerSchema = field(default_factory=TunerSchema)
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
@@ -161,10 +161,6 @@ def load_study_config(cfg: DictConfig) -> StudyConfig:
         first = str(exc).strip().splitlines()[0]
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"config {key}: {first}" if key else f"config: {first}") from None
-    train_keys = set(TrainConfig.__dataclass_fields__) - {"seed"}
-    unknown = sorted(set(plain["train"]) - train_keys)
-    if unknown:
-        raise ConfigError(f"train has unknown keys {unknown}; choose from {sorted(train_keys)}")
     model, gate, ls, train = training_configs(plain)
     validate_model_config(model, gate, ls)
     # task_weights' length is checked against the dataset's tasks once the data is loaded

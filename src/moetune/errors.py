@@ -20,3 +20,6 @@ class TrainingDivergedError(MoetuneError, RuntimeError):
         self.epoch = epoch
         self.cause = cause
         super().__init__(f"training diverged at epoch {epoch}: {cause}")
+
+    def __reduce__(self):  # picklable, so Ray can carry it from the trial worker to the driver
+        return type(self), (self.epoch, self.cause)

@@ -2,7 +2,7 @@
 
 During the first E_perm epochs P = Sinkhorn((L + noise * Gumbel) / tau) in log space, with tau annealed
 log-linearly 1e-3 -> 1e-7 and the Sinkhorn iterations linearly 20 -> 150 over the phase, plus an
-entropy penalty zeta * H(P). Then P is hardened by the Hungarian algorithm and frozen. Evaluation always
+entropy penalty zeta * H(P). Then P is hardened by the Hungarian algorithm (maximising sum L_ij P_ij) and frozen. Evaluation always
 uses the hard permutation. Gates are untouched: g' = normalize(g P).
 """
 from __future__ import annotations
@@ -48,7 +48,6 @@ class PermutationLocalSearch(nn.Module):
         self.noise = noise
         self.log_weights = nn.Parameter(torch.empty(n_experts, n_experts).uniform_(-0.05, 0.05))
         self.register_buffer("hard", torch.eye(n_experts))
-        self.register_buffer("last_soft", torch.full((n_experts, n_experts), 1.0 / n_experts))
         self.register_buffer("is_hard", torch.tensor(False))
         self.frozen = False  # host mirror of is_hard, so the forward never syncs with the device
         self.progress = 0.0  # fraction of the learning phase done, set by the trainer each step
@@ -71,25 +70,24 @@ class PermutationLocalSearch(nn.Module):
     def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, entropy penalty): soft and noisy while learning, the hard permutation otherwise."""
         if not self.learning:
-            hard = self.hard if self.frozen else harden(self.last_soft)
+            hard = self.hard if self.frozen else harden(self.log_weights)
             return hard, self.log_weights.new_zeros(())
         tau, n_iters = self.schedule()
         u = torch.rand_like(self.log_weights).clamp_(1e-20, 1.0)
         gumbel = -torch.log(-torch.log(u) + 1e-20)
         soft = log_sinkhorn((self.log_weights + self.noise * gumbel) / tau, n_iters)
-        self.last_soft.copy_(soft.detach())
         penalty = self.zeta * entropy(soft).sum()
         return soft, penalty
 
     def freeze(self) -> None:
-        """End of the phase: harden the last soft permutation and stop learning it."""
-        self.hard.copy_(harden(self.last_soft))
+        """End of the phase: harden to the permutation maximising sum L_ij P_ij and stop learning it."""
+        self.hard.copy_(harden(self.log_weights))
         self.is_hard.fill_(True)
         self._sync_frozen()
 
     def permutation(self) -> list[int]:
         """Expert i's weight goes to expert permutation()[i] (the hardened matrix as an index list)."""
-        hard = self.hard if self.frozen else harden(self.last_soft)
+        hard = self.hard if self.frozen else harden(self.log_weights)
         return hard.argmax(1).tolist()
 
     @staticmethod

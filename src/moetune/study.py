@@ -7,6 +7,7 @@ metrics to Tune; a driver-side callback writes them to MLflow and prints a progr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -100,7 +101,9 @@ class TrackingCallback(tune.Callback):
             self.best = value
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.record_error(trial.trial_id, trial_error_message(trial))
+        message = trial_error_message(trial)
+        self.record_error(trial.trial_id, message)
+        print(f"[{self.label}] trial {self.tracker.child_index.get(trial.trial_id, '?')} FAILED: {message}", flush=True)
         self.print_progress(force=True)
 
     def record_error(self, trial_id: str, message: str) -> None:
@@ -153,6 +156,7 @@ def start_ray(tuner: dict) -> dict[str, float]:
     check_ray_address(tuner["ray_address"])
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failed trials get one line from us, not a traceback
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
         if tuner["ray_address"]:
             ray.init(address=tuner["ray_address"], **kwargs)

@@ -1,0 +1,207 @@
+"""Benchmark of the MoE layer (gate + experts + mixing), forward + backward, on CPU.
+
+    python bench/bench_moe_layer.py            # ~1 minute on 2 cores
+    python bench/bench_moe_layer.py --quick    # fewer repeats
+
+MovieLens shape: batch 512, 16 MLP experts 256 -> 256 (MLPExperts(16, 256, [256])), input dim 256,
+k = 2 (hash: k = 1), one task (and two tasks for topk). Every timing is a median over repeats that are
+interleaved round-robin with the timings they are compared to (the machine is shared, so load drifts),
+after a warm-up; time.perf_counter.
+
+FLOPs counted (expert layers only, gate and mixing not counted): 2 * rows * d_in * d_out per expert layer
+forward, x3 for forward + backward; dense: rows = batch * n_experts; sparse: rows = routed (sample, expert)
+pairs. The reference is a square float32 torch.matmul, forward only, measured in the same rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from moetune.experts import MLPExperts, mix
+from moetune.gates import build_gate
+
+N_EXPERTS, D_IN, WIDTH = 16, 256, 256
+N_ROUTING_IDS = 6040  # MovieLens-1M users
+DENSE_TARGET = 0.60   # dense fwd+bwd GFLOP/s / matmul GFLOP/s
+SPARSE_TARGET = 6.0   # top-2-of-16 sparse vs dense speed-up at the large batch
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each fn, the fns run round-robin `repeats` times after `warmup` calls each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def matmul_fn(size: int):
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return lambda: torch.matmul(a, b), 2.0 * size**3
+
+
+def expert_flops(rows: int) -> float:
+    return 3 * 2.0 * rows * D_IN * WIDTH
+
+
+# ---- dense expert-layer formulations (fixed mixing weights, one task) -----------------------------------
+
+class Baselines:
+    """The dense layer relu(x W_i + b_i) mixed by g, written three plain ways, on the same weights."""
+
+    def __init__(self, experts: MLPExperts):
+        self.w = experts.expert_weight(0).detach().contiguous().requires_grad_()  # n x d_in x d_out
+        self.b = experts.biases[0].detach().clone().requires_grad_()
+
+    def einsum(self, x, g):
+        h = F.relu(torch.einsum("bd,ndo->bno", x, self.w) + self.b)
+        return torch.einsum("bn,bno->bo", g, h)
+
+    def bmm(self, x, g):
+        h = F.relu(torch.bmm(x.unsqueeze(0).expand(N_EXPERTS, -1, -1), self.w).transpose(0, 1) + self.b)
+        return torch.bmm(g.unsqueeze(1), h).squeeze(1)
+
+    def fused_permute(self, x, g):
+        """The previous moetune dense path: one matmul on a permuted copy of the weight, bmm mixing."""
+        n, d_in, d_out = self.w.shape
+        h = F.relu((x @ self.w.permute(1, 0, 2).reshape(d_in, n * d_out)).view(-1, n, d_out) + self.b)
+        return torch.bmm(g.unsqueeze(1), h).squeeze(1)
+
+
+def fwd_bwd(forward, params):
+    def step():
+        for p in params:
+            p.grad = None
+        outs = forward()
+        sum(o.sum() for o in outs).backward()
+    return step
+
+
+def saturate(gate, scale: float = 100.0) -> None:
+    """Push DSelect-k / COMET selectors out of the smooth-step band (what entropy regularization does
+    during training), so their weights become k-sparse; routing still depends on the input."""
+    linear = getattr(gate, "selector_logits", None) or getattr(gate, "node_logits", None)
+    with torch.no_grad():
+        torch.nn.init.normal_(linear.weight, 0.0, scale / D_IN**0.5)
+        torch.nn.init.zeros_(linear.bias)
+
+
+def gate_layer(name: str, tasks: int, batch: int, saturated: bool = False):
+    """(step(sparse) -> None, routed rows) for gate(s) + experts + mixing at `batch`."""
+    torch.manual_seed(0)
+    experts = MLPExperts(N_EXPERTS, D_IN, [WIDTH])
+    params = {"n_routing_ids": N_ROUTING_IDS} if name == "hash" else {}
+    k = 1 if name == "hash" else 2
+    gates = [build_gate(name, D_IN, N_EXPERTS, k=k, **params) for _ in range(tasks)]
+    if saturated:
+        for gate in gates:
+            saturate(gate)
+    x = torch.randn(batch, D_IN, requires_grad=True)
+    routing_ids = torch.randint(0, N_ROUTING_IDS, (batch,))
+    leaves = [x, *experts.parameters(), *(p for g in gates for p in g.parameters())]
+
+    def step(sparse: bool) -> None:
+        for p in leaves:
+            p.grad = None
+        outs = [g(x, routing_ids) for g in gates]
+        mixed = mix(experts, x, [o.weights for o in outs], sparse)
+        (sum(m.sum() for m in mixed) + sum(o.aux_loss for o in outs)).backward()
+
+    with torch.no_grad():
+        weights = [g(x, routing_ids).weights for g in gates]
+    rows = int(torch.stack(weights).ne(0).any(0).sum())
+    return step, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=512, help="batch for the dense-efficiency and per-gate tables")
+    parser.add_argument("--sparse-batch", type=int, default=4096, help="batch for the top-2 sparse vs dense speed-up")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="square float32 matmul used as the peak reference")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    reps = 7 if args.quick else 25
+    big_reps = 3 if args.quick else 9
+    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()} (cores: {os.cpu_count()})")
+    print(f"shape: batch {args.batch}, {N_EXPERTS} experts {D_IN} -> {WIDTH} (one hidden layer), float32, train mode, "
+          f"forward + backward; medians of {reps} interleaved repeats")
+
+    # ---- 1. dense expert layer vs a large matmul ------------------------------------------------------------
+    torch.manual_seed(0)
+    experts = MLPExperts(N_EXPERTS, D_IN, [WIDTH])
+    base = Baselines(experts)
+    x = torch.randn(args.batch, D_IN, requires_grad=True)
+    g = torch.softmax(torch.randn(args.batch, N_EXPERTS), -1).requires_grad_()
+    mm, mm_flops = matmul_fn(args.matmul_size)
+    common = [x, g]
+    rows = {
+        "einsum (baseline)": fwd_bwd(lambda: [base.einsum(x, g)], [*common, base.w, base.b]),
+        "bmm (baseline)": fwd_bwd(lambda: [base.bmm(x, g)], [*common, base.w, base.b]),
+        "fused matmul, permute per call (previous)": fwd_bwd(lambda: [base.fused_permute(x, g)], [*common, base.w, base.b]),
+        "moetune mix(dense)": fwd_bwd(lambda: mix(experts, x, [g], sparse=False), [*common, *experts.parameters()]),
+        "matmul": mm,
+    }
+    t = interleaved(rows, reps)
+    peak = mm_flops / t.pop("matmul") / 1e9
+    flops = expert_flops(args.batch * N_EXPERTS)
+    print(f"\n[1] dense expert layer (+ mixing, fixed weights) vs torch.matmul {args.matmul_size}x{args.matmul_size} "
+          f"@ {args.matmul_size}x{args.matmul_size} float32 forward = {peak:.1f} GFLOP/s")
+    print(f"{'formulation':44s} {'ms':>8s} {'samples/s':>10s} {'GFLOP/s':>8s} {'% matmul':>9s}")
+    for name, sec in t.items():
+        gf = flops / sec / 1e9
+        mark = ""
+        if name.startswith("moetune"):
+            mark = f"  target >= {DENSE_TARGET:.0%}: {'PASS' if gf / peak >= DENSE_TARGET else 'FAIL'}"
+        print(f"{name:44s} {sec * 1e3:8.2f} {args.batch / sec:10.0f} {gf:8.1f} {gf / peak:9.1%}{mark}")
+    dense_fraction = flops / t["moetune mix(dense)"] / 1e9 / peak
+
+    # ---- 2. per gate: gate + experts + mixing, dense vs sparse compute ------------------------------------
+    print(f"\n[2] gate + experts + mixing at batch {args.batch}: dense path (all {N_EXPERTS} experts) vs sparse path "
+          f"(routed rows only); GFLOP/s of the expert layer; act = experts active per sample")
+    print(f"{'gate':22s} {'T':>2s} {'act':>5s} {'dense ms':>9s} {'sparse ms':>9s} {'dense smp/s':>11s} {'sparse smp/s':>12s} "
+          f"{'speed-up':>8s} {'dense GF/s':>10s} {'sparse GF/s':>11s}")
+    configs = [("softmax", 1, False), ("topk", 1, False), ("topk", 2, False), ("hash", 1, False),
+               ("dselect_k", 1, False), ("dselect_k", 1, True), ("comet", 1, False), ("comet", 1, True)]
+    for name, tasks, saturated in configs:
+        step, routed = gate_layer(name, tasks, args.batch, saturated)
+        t = interleaved({"dense": lambda: step(False), "sparse": lambda: step(True)}, reps)
+        label = name + (" (saturated)" if saturated else "")
+        print(f"{label:22s} {tasks:2d} {routed / args.batch:5.2f} {t['dense'] * 1e3:9.2f} {t['sparse'] * 1e3:9.2f} "
+              f"{args.batch / t['dense']:11.0f} {args.batch / t['sparse']:12.0f} {t['dense'] / t['sparse']:7.2f}x "
+              f"{expert_flops(args.batch * N_EXPERTS) / t['dense'] / 1e9:10.1f} {expert_flops(routed) / t['sparse'] / 1e9:11.1f}")
+
+    # ---- 3. top-2-of-16 sparse vs dense at a large batch --------------------------------------------------
+    step, routed = gate_layer("topk", 1, args.sparse_batch)
+    t = interleaved({"dense": lambda: step(False), "sparse": lambda: step(True), "matmul": mm}, big_reps, warmup=1)
+    peak_big = mm_flops / t["matmul"] / 1e9
+    speedup = t["dense"] / t["sparse"]
+    print(f"\n[3] topk k=2, 1 task, batch {args.sparse_batch} (ideal speed-up {N_EXPERTS * args.sparse_batch / routed:.1f}x "
+          f"from routed rows; matmul {peak_big:.1f} GFLOP/s in these rounds, medians of {big_reps})")
+    for name in ("dense", "sparse"):
+        r = args.sparse_batch * N_EXPERTS if name == "dense" else routed
+        gf = expert_flops(r) / t[name] / 1e9
+        print(f"  {name:7s} {t[name] * 1e3:9.2f} ms {args.sparse_batch / t[name]:9.0f} samples/s {gf:7.1f} GFLOP/s ({gf / peak_big:.0%} of matmul)")
+    print(f"  sparse speed-up {speedup:.2f}x   target >= {SPARSE_TARGET:.0f}x: {'PASS' if speedup >= SPARSE_TARGET else 'FAIL'}")
+
+    print(f"\nsummary: dense fwd+bwd at batch {args.batch} = {dense_fraction:.0%} of matmul (target {DENSE_TARGET:.0%}: "
+          f"{'PASS' if dense_fraction >= DENSE_TARGET else 'FAIL'}); top-2 sparse speed-up at batch {args.sparse_batch} = "
+          f"{speedup:.2f}x (target {SPARSE_TARGET:.0f}x: {'PASS' if speedup >= SPARSE_TARGET else 'FAIL'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
