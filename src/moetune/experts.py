@@ -92,6 +92,75 @@ class _Mix(torch.autograd.Function):
         return grad_h, grad_g
 
 
+_CHUNK_BYTES = 1 << 19  # rows of B x n x out processed together stay in a core's L2
+_BACKWARD_IN_PLACE = True
+
+
+class _BiasReluMix(torch.autograd.Function):
+    """The last expert layer's epilogue fused with the mixing, done in place in cache-sized row chunks.
+
+    z: B x (n * out) pre-activation without bias (a fresh tensor; overwritten), bias: n * out,
+    g: B x T x n. h = dropout(relu(z + bias)) (in z's memory); returns (g @ h: B x T x out, h).
+    The backward turns the saved h into dz in place, so the dense path allocates no B x n x out
+    buffers beyond the one matmul output (at batch 4096 each such buffer costs ~64 MB of page faults
+    and memory traffic)."""
+
+    @staticmethod
+    def forward(ctx, z, bias, g, p, training):
+        ctx.set_materialize_grads(False)
+        batch, n = g.shape[0], g.shape[2]
+        scale = 1.0 / (1.0 - p) if training and p > 0 else 1.0
+        out = z.new_empty(batch, g.shape[1], z.shape[1] // n)
+        step = max(1, _CHUNK_BYTES // (z.shape[1] * z.element_size()))
+        for lo in range(0, batch, step):
+            zc = z[lo:lo + step]
+            zc.add_(bias).clamp_min_(0)
+            if scale != 1.0:
+                zc.mul_(torch.empty_like(zc).bernoulli_(1.0 - p).mul_(scale))
+            torch.bmm(g[lo:lo + step], zc.view(zc.shape[0], n, -1), out=out[lo:lo + step])
+        ctx.mark_dirty(z)
+        ctx.save_for_backward(z, g)
+        ctx.scale = scale
+        ctx.consumed = False
+        return out, z
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h):
+        h, g = ctx.saved_tensors
+        if _BACKWARD_IN_PLACE:
+            if ctx.consumed:
+                raise RuntimeError("the fused dense expert layer cannot be backpropagated twice (retain_graph=True)")
+            ctx.consumed = True
+            grad_z = h
+        else:
+            grad_z = torch.empty_like(h)
+        batch, n = g.shape[0], g.shape[2]
+        if grad_out is None:
+            grad_out = h.new_zeros(batch, g.shape[1], h.shape[1] // n)
+        grad_g = torch.empty_like(g) if ctx.needs_input_grad[2] else None
+        grad_bias = h.new_zeros(h.shape[1]) if ctx.needs_input_grad[1] else None
+        g_t = g.transpose(1, 2)  # B x n x T
+        step = max(1, _CHUNK_BYTES // (h.shape[1] * h.element_size()))
+        for lo in range(0, batch, step):
+            hc, dout, dzc = h[lo:lo + step], grad_out[lo:lo + step], grad_z[lo:lo + step]
+            h3 = hc.view(hc.shape[0], n, -1)
+            if grad_g is not None:
+                torch.bmm(dout, h3.transpose(1, 2), out=grad_g[lo:lo + step])
+            if g.shape[1] == 1:
+                dh = g_t[lo:lo + step] * dout  # rows x n x out
+            else:
+                dh = torch.bmm(g_t[lo:lo + step], dout)
+            if grad_h is not None:  # h was also used outside the mixing
+                dh.add_(grad_h[lo:lo + step].view_as(dh))
+            # relu and dropout: dz = scale * dh where h > 0, written over h
+            torch.ops.aten.threshold_backward.grad_input(dh, h3, 0, grad_input=dzc.view_as(h3))
+            if ctx.scale != 1.0:
+                dzc.mul_(ctx.scale)
+            if grad_bias is not None:
+                grad_bias.add_(dzc.sum(0))
+        return grad_z, grad_bias, grad_g, None, None
+
+
 class MLPExperts(nn.Module):
     """n MLP experts. The first layer is stored flat, (in_dim, n * width): expert e owns columns
     e * width:(e + 1) * width, so the dense path is one fused matmul; later layers are n x d_in x d_out."""
@@ -124,15 +193,26 @@ class MLPExperts(nn.Module):
     def _activate(self, h: torch.Tensor) -> torch.Tensor:
         return F.dropout(h, self.dropout, self.training) if self.dropout > 0 else h
 
-    def dense(self, x: torch.Tensor) -> torch.Tensor:
-        """B x d -> B x n x out."""
+    def _last_preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """B x d -> the last layer's pre-activation without its bias, B x (n * out), a fresh tensor."""
+        if len(self.weights) == 1:
+            return torch.mm(x, self.weights[0])
         n = self.n_experts
         h = self._activate(F.relu(torch.addmm(self.biases[0].view(-1), x, self.weights[0]), inplace=True))
-        h = h.view(x.shape[0], n, -1)
-        for w, b in zip(self.weights[1:], self.biases[1:]):
-            h = torch.baddbmm(b.unsqueeze(1), h.transpose(0, 1), w).transpose(0, 1)  # n x B x d -> B x n x d
-            h = self._activate(F.relu(h))
-        return h
+        h = h.view(x.shape[0], n, -1).transpose(0, 1)  # n x B x d
+        for w, b in zip(self.weights[1:-1], self.biases[1:-1]):
+            h = self._activate(F.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
+        return torch.bmm(h, self.weights[-1]).transpose(0, 1).reshape(x.shape[0], -1)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """B x d -> B x n x out."""
+        z = self._last_preactivation(x).view(x.shape[0], self.n_experts, -1)
+        return self._activate(F.relu(z + self.biases[-1]))
+
+    def dense_mix(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """B x d, mixing weights B x T x n -> B x T x out: the dense path with the epilogue fused."""
+        out, _ = _BiasReluMix.apply(self._last_preactivation(x), self.biases[-1].view(-1), g, self.dropout, self.training)
+        return out
 
     def grouped(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
         """Rows of x grouped by expert (expert e owns rows bounds[e]:bounds[e + 1]) -> R x out."""
@@ -194,8 +274,10 @@ def mix(experts: nn.Module, x: torch.Tensor, task_weights: list[torch.Tensor], s
     """Per task t: sum_i g_t[:, i] * f_i(x). Sparse runs expert i only on samples some task routes to it."""
     batch, n = task_weights[0].shape
     if not sparse:
-        outputs = experts.dense(x)  # B x n x out
-        return list(_Mix.apply(outputs, torch.stack(task_weights, 1)).unbind(1))
+        g = torch.stack(task_weights, 1)  # B x T x n
+        if hasattr(experts, "dense_mix"):
+            return list(experts.dense_mix(x, g).unbind(1))
+        return list(_Mix.apply(experts.dense(x), g).unbind(1))  # dense(x): B x n x out
     stacked = torch.stack(task_weights)  # T x B x n
     active = stacked.ne(0).any(0)  # B x n
     expert_index, sample_index = active.t().nonzero(as_tuple=True)  # grouped by expert, samples ascending

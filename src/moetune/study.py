@@ -103,7 +103,7 @@ class TrackingCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         message = trial_error_message(trial)
         self.record_error(trial.trial_id, message)
-        print(f"[{self.label}] trial {self.tracker.child_index.get(trial.trial_id, '?')} FAILED: {message}", flush=True)
+        print(f"[{self.label}] trial-{self.tracker.child_index.get(trial.trial_id, -1):03d} FAILED: {message}", flush=True)
         self.print_progress(force=True)
 
     def record_error(self, trial_id: str, message: str) -> None:
