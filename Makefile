@@ -15,7 +15,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 run: setup
-	$(BIN)/python train.py
+	$(BIN)/python train.py -m gate=topk,hash local_search=on,off
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -21,53 +21,92 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _GroupedLinear(torch.autograd.Function):
-    """rows grouped by expert (bounds[e]:bounds[e+1] belong to expert e) -> act(rows_e @ W_e + b_e).
+class _SparseMLPMix(torch.autograd.Function):
+    """Sparse MLP experts fused with the per-task mixing, one expert at a time.
 
-    weight is n x d_in x d_out (any strides, e.g. a permuted view of a flat parameter), bias n x d_out.
+    Routed (sample, expert) rows are grouped by expert: expert e owns rows bounds[e]:bounds[e + 1],
+    whose samples are sample_index[rows]; row_weights (R x T) are those rows' gate weights per task.
+    For each expert: gather its samples, run its layers (addmm, relu, dropout), scale by the row
+    weights and scatter-add into the B x T x out result. Every per-expert temporary is small enough
+    to stay in cache, so no R x d gathered input, R x out output or R x T x out weighted copy is made;
+    the backward re-gathers instead. Saved for backward: each layer's post-activation (R x width).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bounds, relu):
-        out = x.new_empty(x.shape[0], weight.shape[2])
-        for e in range(weight.shape[0]):
-            lo, hi = bounds[e], bounds[e + 1]
-            if hi > lo:
-                torch.addmm(bias[e], x[lo:hi], weight[e], out=out[lo:hi])
-        if relu:
-            out.clamp_min_(0)
-        ctx.bounds = bounds
-        ctx.relu = relu
-        ctx.save_for_backward(x, weight, out if relu else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight, out = ctx.saved_tensors
-        bounds = ctx.bounds
-        n = weight.shape[0]
-        grad = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = x.new_empty(x.shape) if need_x else None
-        grad_w = grad_b = None
-        empty = any(bounds[e + 1] == bounds[e] for e in range(n))
-        if need_w:
-            # same memory layout as the weight (a flat first layer gets a flat, contiguous gradient)
-            grad_w = torch.zeros_like(weight) if empty else torch.empty_like(weight)
-        if need_b:
-            grad_b = weight.new_zeros(n, weight.shape[2]) if empty else weight.new_empty(n, weight.shape[2])
-        for e in range(n):
+    def forward(ctx, x, row_weights, sample_index, bounds, p, training, *params):
+        n_layers = len(params) // 2
+        weights, biases = params[:n_layers], params[n_layers:]
+        batch, tasks = x.shape[0], row_weights.shape[1]
+        rows = sample_index.shape[0]
+        scale = 1.0 / (1.0 - p) if training and p > 0 else 1.0
+        acts = [x.new_empty(rows, w.shape[2]) for w in weights]
+        out = x.new_zeros(batch, tasks * acts[-1].shape[1])
+        for e in range(len(bounds) - 1):
             lo, hi = bounds[e], bounds[e + 1]
             if hi == lo:
                 continue
-            g = grad[lo:hi]
-            if need_w:
-                torch.mm(x[lo:hi].t(), g, out=grad_w[e])
-            if need_x:
-                torch.mm(g, weight[e].t(), out=grad_x[lo:hi])
-            if need_b:
-                torch.sum(g, 0, out=grad_b[e])
-        return grad_x, grad_w, grad_b, None, None
+            idx = sample_index[lo:hi]
+            h = x.index_select(0, idx)
+            for w, b, a in zip(weights, biases, acts):
+                h = torch.addmm(b[e], h, w[e], out=a[lo:hi]).clamp_min_(0)
+                if scale != 1.0:
+                    h.mul_(torch.empty_like(h).bernoulli_(1.0 - p).mul_(scale))
+            if tasks == 1:
+                out.index_add_(0, idx, h * row_weights[lo:hi])
+            else:
+                out.index_add_(0, idx, (h.unsqueeze(1) * row_weights[lo:hi].unsqueeze(2)).view(hi - lo, -1))
+        ctx.save_for_backward(x, row_weights, sample_index, *weights, *acts)
+        ctx.bounds, ctx.scale, ctx.n_layers = bounds, scale, n_layers
+        return out.view(batch, tasks, -1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, row_weights, sample_index, *rest = ctx.saved_tensors
+        n_layers, bounds, scale = ctx.n_layers, ctx.bounds, ctx.scale
+        weights, acts = rest[:n_layers], rest[n_layers:]
+        batch, tasks = grad_out.shape[0], grad_out.shape[1]
+        grad_out = grad_out.reshape(batch, -1)
+        need_x, need_rw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_w = ctx.needs_input_grad[6:6 + n_layers]
+        need_b = ctx.needs_input_grad[6 + n_layers:]
+        empty = any(bounds[e + 1] == bounds[e] for e in range(len(bounds) - 1))
+        make = torch.zeros_like if empty else torch.empty_like
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_rw = torch.empty_like(row_weights) if need_rw else None
+        grad_w = [make(w) if need else None for w, need in zip(weights, need_w)]  # same layout as the weight
+        grad_b = [x.new_zeros(w.shape[0], w.shape[2]) if need else None for w, need in zip(weights, need_b)]
+        for e in range(len(bounds) - 1):
+            lo, hi = bounds[e], bounds[e + 1]
+            if hi == lo:
+                continue
+            idx = sample_index[lo:hi]
+            d_out = grad_out.index_select(0, idx)  # rows x (T * out)
+            h = acts[-1][lo:hi]
+            rw = row_weights[lo:hi]
+            if tasks == 1:
+                if grad_rw is not None:
+                    torch.sum(d_out * h, 1, keepdim=True, out=grad_rw[lo:hi])
+                d_h = d_out.mul_(rw)
+            else:
+                d_out = d_out.view(hi - lo, tasks, -1)
+                if grad_rw is not None:
+                    torch.bmm(d_out, h.unsqueeze(2), out=grad_rw[lo:hi].unsqueeze(2))
+                d_h = torch.bmm(rw.unsqueeze(1), d_out).squeeze(1)
+            for layer in range(n_layers - 1, -1, -1):
+                # relu + dropout: d z = scale * d h where h > 0
+                d_z = torch.ops.aten.threshold_backward(d_h, acts[layer][lo:hi], 0)
+                if scale != 1.0:
+                    d_z.mul_(scale)
+                h_in = acts[layer - 1][lo:hi] if layer else x.index_select(0, idx)
+                if grad_w[layer] is not None:
+                    torch.mm(h_in.t(), d_z, out=grad_w[layer][e])
+                if grad_b[layer] is not None:
+                    torch.sum(d_z, 0, out=grad_b[layer][e])
+                if layer or grad_x is not None:
+                    d_h = torch.mm(d_z, weights[layer][e].t())
+            if grad_x is not None:
+                grad_x.index_add_(0, idx, d_h)
+        return (grad_x, grad_rw, None, None, None, None, *grad_w, *grad_b)
 
 
 class _Mix(torch.autograd.Function):
@@ -214,12 +253,10 @@ class MLPExperts(nn.Module):
         out, _ = _BiasReluMix.apply(self._last_preactivation(x), self.biases[-1].view(-1), g, self.dropout, self.training)
         return out
 
-    def grouped(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-        """Rows of x grouped by expert (expert e owns rows bounds[e]:bounds[e + 1]) -> R x out."""
-        h = x
-        for layer, b in enumerate(self.biases):
-            h = self._activate(_GroupedLinear.apply(h, self.expert_weight(layer), b, bounds, True))
-        return h
+    def sparse_mix(self, x: torch.Tensor, row_weights: torch.Tensor, sample_index: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+        """Sparse path fused with the mixing: rows grouped by expert (see _SparseMLPMix) -> B x T x out."""
+        params = [self.expert_weight(layer) for layer in range(len(self.weights))] + list(self.biases)
+        return _SparseMLPMix.apply(x, row_weights, sample_index, bounds, self.dropout, self.training, *params)
 
     def one(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on the rows x."""
@@ -285,9 +322,12 @@ def mix(experts: nn.Module, x: torch.Tensor, task_weights: list[torch.Tensor], s
     bounds = [0]
     for c in counts:
         bounds.append(bounds[-1] + c)
+    tasks = len(task_weights)
+    # each routed row's gate weight for every task: R x T
+    row_weights = stacked.reshape(tasks, batch * n).index_select(1, sample_index * n + expert_index).t().contiguous()
+    if hasattr(experts, "sparse_mix"):
+        return list(experts.sparse_mix(x, row_weights, sample_index, bounds).unbind(1))
     out = _grouped(experts, x.index_select(0, sample_index), bounds)  # R x out
-    # each routed row's weight for every task: T x R -> R x T
-    row_weights = stacked.reshape(len(task_weights), batch * n).index_select(1, sample_index * n + expert_index).t()
     weighted = (out.unsqueeze(1) * row_weights.unsqueeze(2)).reshape(out.shape[0], len(task_weights) * out.shape[1])
     combined = out.new_zeros(batch, weighted.shape[1]).index_add(0, sample_index, weighted)
     return list(combined.view(batch, len(task_weights), -1).unbind(1))

@@ -156,6 +156,7 @@ def start_ray(tuner: dict) -> dict[str, float]:
     check_ray_address(tuner["ray_address"])
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # workers keep the driver's working directory
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failed trials get one line from us, not a traceback
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
         if tuner["ray_address"]:
@@ -185,6 +186,9 @@ def run_study(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study_config(cfg)
     plain = study.plain
+    for key in ("path", "cache_dir"):  # trial workers may run elsewhere: send absolute paths
+        if isinstance(plain["dataset"].get(key), str):
+            plain["dataset"][key] = str(Path(plain["dataset"][key]).expanduser().resolve())
     data = load_dataset(**plain["dataset"])
     model_cfg, gate_cfg, ls_cfg, train_cfg = training_configs(plain)
     validate_train_config(train_cfg, len(data.tasks), ls_cfg)
