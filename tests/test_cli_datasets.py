@@ -22,7 +22,7 @@ def test_movielens_study_with_hash_routing_by_user(workdir):
         pytest.skip(f"{MOVIELENS} is absent: these tests read the shared MovieLens split beside the checkout")
     proc = run_cli(workdir, "experiment=movielens_cpu", "gate=hash", "local_search=on", "local_search.e_perm=1",
                    "search_space.local_search.e_perm.high=2", f"dataset.path={MOVIELENS}",
-                   "search_space.train.lr.low=0.008", "search_space.train.lr.high=0.02", "train.max_epochs=3", "tuner.n_trials=2", "sweep.name=ml")
+                   "search_space.train.lr.low=0.01", "search_space.train.lr.high=0.02", "train.max_epochs=5", "tuner.n_trials=2", "sweep.name=ml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = trial_runs(workdir, "ml")
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
