@@ -241,3 +241,52 @@ def test_bootstrap_speed_n500():
     elapsed = time.perf_counter() - start
     assert c.low.size == 500
     assert elapsed < 10.0, f"bootstrap of N=500 x 1000 resamples took {elapsed:.1f}s"
+
+
+def _fields(r):
+    return (r.q, r.at, r.n_on, r.n_off, r.n_off_max, r.factor, r.low, r.high, r.censored)
+
+
+def test_reduction_factors_equal_single_target_calls():
+    rng = np.random.default_rng(11)
+    on = B.Trials(val=rng.normal(size=30), test=rng.normal(size=30) - 0.3)
+    off = B.Trials(val=rng.normal(size=12), test=rng.normal(size=12))
+    reds = B.reduction_factors(on, off, resamples=200, seed=4)
+    assert [r.at for r in reds] == [1, 2, 5, 10]  # default targets, all <= N_on = 30
+    for r in reds:
+        single = B.reduction_factor(on, off, at=r.at, resamples=200, seed=4)
+        np.testing.assert_equal(_fields(r), _fields(single))  # same draws, same interval
+        assert r.q == pytest.approx(B.expected_best_curve(on.val, on.test, budgets=[r.at])[0])
+    # targets beyond N_on are dropped; the rest are unchanged by the choice of the other targets
+    few = B.reduction_factors(on, off, at=(2, 31, 50), resamples=200, seed=4)
+    assert [r.at for r in few] == [2]
+    np.testing.assert_equal(_fields(few[0]), _fields(reds[1]))
+    # with the same targets on both sides, a study is no better than itself: factor 1 everywhere
+    assert all(r.factor == 1.0 for r in B.reduction_factors(on, on, resamples=0))
+
+
+def test_reduction_factors_censored_and_curves():
+    on, off = _curve([0.5, 0.4, 0.3, 0.25, 0.2, 0.19]), _curve([0.9, 0.7, 0.5, 0.45, 0.4])
+    reds = B.reduction_factors(on, off)
+    assert [r.at for r in reds] == [1, 2, 5]  # 10 > N_on = 6
+    assert [(r.n_on, r.n_off, r.factor, r.censored) for r in reds] == [
+        (1, 3, 3.0, False), (2, 5, 2.5, False), (5, None, None, True)]
+    assert reds[2].lower_bound == 1.0 and str(reds[2]) == "> 1"
+    assert all(np.isnan(r.low) and np.isnan(r.high) for r in reds)  # Curves: no interval
+    # from trials: on scores 2.0 at every n; off reaches 2.0 at n = 2 only with its best trials
+    t_on = B.Trials(val=[1.0, 2.0, 3.0, 4.0, 5.0], test=[2.0, 2.0, 2.0, 2.0, 1.5])
+    t_off = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[3.0, 3.0, 4.0, 5.0])
+    reds = B.reduction_factors(t_on, t_off, resamples=50)
+    assert [r.at for r in reds] == [1, 2, 5] and all(r.censored and r.n_off is None for r in reds)
+    assert [str(r) for r in reds] == [f"> {4 / r.n_on:g}" for r in reds]
+
+
+def test_reduction_factors_resample_once_for_all_targets(monkeypatch):
+    rng = np.random.default_rng(2)
+    on = B.Trials(val=rng.normal(size=200), test=rng.normal(size=200))
+    off = B.Trials(val=rng.normal(size=200), test=rng.normal(size=200) + 0.2)
+    calls = []
+    original = B._resampled_curves
+    monkeypatch.setattr(B, "_resampled_curves", lambda *a, **k: calls.append(1) or original(*a, **k))
+    reds = B.reduction_factors(on, off, resamples=100)
+    assert len(reds) == 4 and len(calls) == 2  # one resampled-curve set per study, shared by all targets

@@ -103,8 +103,9 @@ def exported(store, tmp_path_factory):
 
 def test_files_written(exported):
     files, out = exported
-    expected = {"curves.csv", "summary.md", "budget_curves.html"} | {
-        f"budget_{m}.{ext}" for m in ("test_loss", "test_watch_auc") for ext in ("png", "svg")}
+    expected = {"curves.csv", "reductions.csv", "summary.md", "budget_curves.html"} | {
+        f"budget_{m}{x}.{ext}" for m in ("test_loss", "test_watch_auc") for x in ("", "_compute")
+        for ext in ("png", "svg")}
     assert set(files) == expected
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temp folder left behind
     png = files["budget_test_loss.png"].read_bytes()
@@ -112,10 +113,15 @@ def test_files_written(exported):
     svg = files["budget_test_watch_auc.svg"].read_text()
     assert "<svg" in svg and "tuning budget (trials)" in svg and "Top-k + local search" in svg
     assert "test_watch_auc (higher is better)" in svg
+    compute = files["budget_test_loss_compute.svg"].read_text()
+    assert "tuning budget (compute seconds)" in compute and "tuning budget (trials)" not in compute
+    assert "Top-k + local search" in compute
+    assert files["budget_test_watch_auc_compute.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = files["budget_curves.html"].read_text()
     assert len(html) > 1_000_000  # plotly.js embedded: viewable offline
     assert 'src="https://cdn' not in html
-    assert html.count("Plotly.newPlot") == 2 and "tuning budget (trials)" in html
+    assert html.count("Plotly.newPlot") == 4  # per metric: against trials and against compute
+    assert "tuning budget (trials)" in html and "tuning budget (compute seconds)" in html
 
 
 def test_csv_matches_budget_module(exported, store):
@@ -150,10 +156,12 @@ def test_csv_matches_budget_module(exported, store):
     assert float(failed[0]["p_no_model"]) == pytest.approx(1 / N_RANDOM)
 
 
-def _reduction_line(text, metric, gate_label):
+def _reduction_rows(text, metric, gate_label):
+    """The reduction table's rows under one gate's heading, as lists of cells."""
     section = text.split(f"## {metric} ")[1].split("\n## ")[0]
     section = section.split(f"### {gate_label} — synthetic")[1].split("\n### ")[0]
-    return next(line for line in section.splitlines() if "budget reduction factor" in line)
+    table = section.split("| target (on-curve at n) | q | n_on | n_off | reduction [90% interval] |")[1]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:] if line.startswith("|")]
 
 
 def test_summary(exported, store):
@@ -170,18 +178,75 @@ def test_summary(exported, store):
     assert cells[3] == f"{budget.expected_best_curve(t_on.val, t_on.test, replacement=False)[-1]:.4g}"  # best
     assert cells[4] == f"{on_curve[0]:.4g}"  # n = 1
     assert cells[5] == "—" and cells[6] == "—"  # n = 10, 100 > N = 8
-    red = budget.reduction_factor(t_on, t_off, resamples=RESAMPLES, seed=0)
-    assert not red.censored
-    line = _reduction_line(text, "test_loss", "Top-k")
-    assert f": {red.factor:.3g}, 90% bootstrap interval [{red.low:.3g}, " in line
-    assert f"(n_off = {red.n_off}, n_on = {red.n_on})" in line
+    rows = _reduction_rows(text, "test_loss", "Top-k")
+    assert [r[0] for r in rows] == ["n = 1", "n = 2", "n = 5"]  # n = 10 > N = 8
+    for row, n in zip(rows, (1, 2, 5)):
+        red = budget.reduction_factor(t_on, t_off, at=n, resamples=RESAMPLES, seed=0)
+        assert row[1] == f"{red.q:.4g}" and row[2] == str(red.n_on)
+        if red.censored:
+            assert row[3] == f"> {N_RANDOM}" and row[4] == f"> {red.lower_bound:g}"
+        else:
+            assert row[3] == str(red.n_off)
+            assert row[4] == f"{red.factor:.3g} [{budget._fmt_bound(red.low)}, {budget._fmt_bound(red.high)}]"
     # TPE: from the running-best curves, no interval; censored here since off never reaches on's n=1
     tpe = [budget.running_best_curve([_trials(s, "test_loss") for s in data[("hash", ls, "tpe")]]) for ls in ("on", "off")]
     red = budget.reduction_factor(*tpe)
-    line = _reduction_line(text, "test_loss", "Hash")
-    assert red.censored and f"> {red.lower_bound:g} (without local search" in line
+    assert red.censored
+    row = _reduction_rows(text, "test_loss", "Hash")[0]
+    assert row == ["n = 1", f"{red.q:.4g}", str(red.n_on), f"> {N_TPE}", f"> {red.lower_bound:g}"]
     assert "Top-k + local search (TPE, running best)" not in text  # hash gate is not Top-k
     assert "Hash + local search (TPE, running best)" in text
+
+
+def test_reductions_csv_matches_budget_module(exported, store):
+    files, _ = exported
+    _, _, data = store
+    rows = _read_csv(files["reductions.csv"])
+    assert list(rows[0].keys()) == export.REDUCTION_COLUMNS
+    # 2 metrics x (topk, comet random + hash tpe) x targets n = 1, 2, 5 (10 > N_on)
+    assert len(rows) == 2 * 3 * 3
+    n_censored = 0
+    for metric in ("test_loss", "test_watch_auc"):
+        up = metric.endswith("auc")
+        for gate, sampler in (("topk", "random"), ("comet", "random"), ("hash", "tpe")):
+            got = [r for r in rows if (r["metric"], r["gate"], r["sampler"]) == (metric, gate, sampler)]
+            assert [int(r["at_n"]) for r in got] == [1, 2, 5] and {r["dataset"] for r in got} == {"synthetic"}
+            if sampler == "random":
+                on, off = (_trials(data[(gate, ls, "random")][0], metric) for ls in ("on", "off"))
+            else:
+                on, off = (budget.running_best_curve([_trials(s, metric) for s in data[("hash", ls, "tpe")]])
+                           for ls in ("on", "off"))
+            for r in got:
+                want = budget.reduction_factor(on, off, at=int(r["at_n"]), test_higher_is_better=up,
+                                               resamples=RESAMPLES, seed=0)
+                assert float(r["q"]) == want.q and int(r["n_on"]) == want.n_on
+                assert r["censored"] == str(want.censored)
+                if want.censored:  # lower bounds: n_off = N_off, factor = N_off / n_on
+                    n_censored += 1
+                    assert int(r["n_off"]) == want.n_off_max and float(r["factor"]) == want.lower_bound
+                else:
+                    assert int(r["n_off"]) == want.n_off and float(r["factor"]) == want.factor
+                if sampler == "random":
+                    assert (float(r["low"]), float(r["high"])) == (want.low, want.high)
+                    assert float(r["low"]) <= float(r["high"])
+                else:
+                    assert r["low"] == r["high"] == ""  # running best: no interval
+    assert n_censored >= 1  # the TPE hash rows at n = 1 at least
+
+
+def test_compute_axis_of_interactive_figure(exported, store):
+    uri, _, _ = store
+    client = MlflowClient(uri)
+    studies = export._load_studies(client, client.get_experiment_by_name(SWEEP), {}, "best_val_loss")
+    results = export._curves(studies, ["test_loss"], "best_val_loss", 0, 0, 0.9)
+    fig = export._figure_plotly(results, "test_loss", 0.9, x="compute")
+    lines = {t.name: t for t in fig.data if t.name}
+    assert len(lines) == 6
+    for r in results:
+        trace = lines[export._label(r.gate, r.local_search, r.sampler)]
+        np.testing.assert_allclose(trace.x, r.curve.compute_seconds)
+        np.testing.assert_allclose(trace.y, r.curve.value)
+    assert fig.layout.xaxis.title.text == "tuning budget (compute seconds)" and fig.layout.xaxis.type == "log"
 
 
 def test_artifacts_logged_on_export_run(exported, store):
@@ -244,3 +309,28 @@ def test_cli_unknown_experiment(store, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert lines == ["error: unknown experiment 'nope'; available: Default, sweep-a, sweep-bad"]
     assert not (tmp_path / "o").exists()
+
+
+def test_moetune_export_subcommand(store, tmp_path, capsys):
+    uri, _, _ = store
+    rc = export.cli(["export", "--experiment", SWEEP, "--tracking-uri", uri, "--out", str(tmp_path / "c"),
+                     "--metric", "test_loss", "--filter", "gate=topk", "--resamples", "20"])
+    assert rc == 0
+    assert str(tmp_path / "c" / "reductions.csv") in capsys.readouterr().out
+    assert (tmp_path / "c" / "budget_test_loss_compute.svg").is_file()
+    rows = _read_csv(tmp_path / "c" / "reductions.csv")
+    assert {(r["gate"], r["metric"]) for r in rows} == {("topk", "test_loss")}
+    with pytest.raises(SystemExit) as e:
+        export.cli(["export", "--help"])
+    assert e.value.code == 0 and "usage: moetune export" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [([], None), (["bogus", "--experiment", SWEEP], "unknown command 'bogus'")])
+def test_moetune_without_a_known_subcommand_exits_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        export.cli(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: moetune COMMAND") and "export" in err
+    if message:
+        assert message in err

@@ -375,6 +375,64 @@ def _first_hit(values: np.ndarray, q: np.ndarray, higher_is_better: bool) -> np.
     return first
 
 
+REDUCTION_AT = (1, 2, 5, 10)  # default targets: the on-curve's quality at these budgets
+
+
+def _pair_curves(on, off, val_higher_is_better, replacement):
+    """Curves of on/off (both Trials or both Curves); Trials come back as Trials, else None."""
+    if isinstance(on, Curve) or isinstance(off, Curve):
+        if not (isinstance(on, Curve) and isinstance(off, Curve)):
+            raise ConfigError("pass both on and off as Curves, or both as Trials")
+        return on, off, None, None
+    on = on if isinstance(on, Trials) else Trials(*on)
+    off = off if isinstance(off, Trials) else Trials(*off)
+    kw = dict(val_higher_is_better=val_higher_is_better, replacement=replacement, resamples=0)
+    return (budget_curve(on.val, on.test, failed=on.failed, **kw),
+            budget_curve(off.val, off.test, failed=off.failed, **kw), on, off)
+
+
+def _reductions(on, off, ats, q, test_higher_is_better, val_higher_is_better, replacement, resamples,
+                level, seed) -> list[Reduction]:
+    """Reductions at the on-curve's value at each n in ``ats`` (or at the fixed q).
+
+    The bootstrap resamples both studies once and reads every target off the same resampled
+    curves, so extra targets cost only a first-hit search, and the draws (hence the interval) at a
+    target do not depend on which other targets are asked for.
+    """
+    c_on, c_off, t_on, t_off = _pair_curves(on, off, val_higher_is_better, replacement)
+    n_off_max = int(c_off.budgets.max())
+    out = []
+    for at in ats:
+        q0 = float(q) if q is not None else c_on.at(at)
+        n_on = budget_needed(c_on, q0, test_higher_is_better) if np.isfinite(q0) else None
+        n_off = budget_needed(c_off, q0, test_higher_is_better) if np.isfinite(q0) else None
+        factor = n_off / n_on if (n_on is not None and n_off is not None) else None
+        out.append(Reduction(q=q0, at=at, n_on=n_on, n_off=n_off, n_off_max=n_off_max, factor=factor,
+                             low=float("nan"), high=float("nan"), censored=n_on is not None and n_off is None,
+                             level=level))
+    if t_on is None or resamples <= 0 or all(r.n_on is None for r in out):
+        return out
+    rng = np.random.default_rng(seed)
+    vals = []
+    for trials in (t_on, t_off):
+        gid, K = _groups(trials, val_higher_is_better)
+        idx = rng.integers(0, trials.n, size=(resamples, trials.n))
+        vals.append(_resampled_curves(trials, gid, K, np.arange(1, trials.n + 1), replacement, idx))
+    v_on, v_off = vals
+    alpha = (1.0 - level) / 2
+    for r in out:
+        if r.n_on is None:
+            continue
+        qb = np.full(resamples, r.q) if q is not None else v_on[:, r.at - 1]
+        keep = np.isfinite(qb)
+        f = (_first_hit(v_off[keep], qb[keep], test_higher_is_better)
+             / _first_hit(v_on[keep], qb[keep], test_higher_is_better))
+        f = f[~np.isnan(f)]  # inf/inf: neither resampled curve reaches q
+        if f.size:
+            r.low, r.high = (float(x) for x in np.quantile(f, [alpha, 1 - alpha], method="inverted_cdf"))
+    return out
+
+
 def reduction_factor(on, off, *, at: int = 1, q: float | None = None, test_higher_is_better: bool = False,
                      val_higher_is_better: bool = False, replacement: bool = True, resamples: int = 1000,
                      level: float = 0.9, seed: int | None = 0) -> Reduction:
@@ -384,39 +442,20 @@ def reduction_factor(on, off, *, at: int = 1, q: float | None = None, test_highe
     studies' trials) or Curves (e.g. running_best; no interval). q defaults to the on-curve's
     value at n = ``at``; budgets are searched over 1..N of each study.
     """
-    if isinstance(on, Curve) or isinstance(off, Curve):
-        if not (isinstance(on, Curve) and isinstance(off, Curve)):
-            raise ConfigError("pass both on and off as Curves, or both as Trials")
-        c_on, c_off = on, off
-    else:
-        on = on if isinstance(on, Trials) else Trials(*on)
-        off = off if isinstance(off, Trials) else Trials(*off)
-        kw = dict(val_higher_is_better=val_higher_is_better, replacement=replacement, resamples=0)
-        c_on, c_off = budget_curve(on.val, on.test, failed=on.failed, **kw), budget_curve(off.val, off.test, failed=off.failed, **kw)
-    q_fixed = q is not None
-    q0 = float(q) if q_fixed else c_on.at(at)
-    n_on = budget_needed(c_on, q0, test_higher_is_better) if np.isfinite(q0) else None
-    n_off = budget_needed(c_off, q0, test_higher_is_better) if np.isfinite(q0) else None
-    n_off_max = int(c_off.budgets.max())
-    censored = n_on is not None and n_off is None
-    factor = n_off / n_on if (n_on is not None and n_off is not None) else None
+    return _reductions(on, off, [at], q, test_higher_is_better, val_higher_is_better, replacement,
+                       resamples, level, seed)[0]
 
-    low = high = float("nan")
-    if isinstance(on, Trials) and resamples > 0 and n_on is not None:
-        rng = np.random.default_rng(seed)
-        vals = []
-        for trials in (on, off):
-            gid, K = _groups(trials, val_higher_is_better)
-            b = np.arange(1, trials.n + 1)
-            idx = rng.integers(0, trials.n, size=(resamples, trials.n))
-            vals.append(_resampled_curves(trials, gid, K, b, replacement, idx))
-        v_on, v_off = vals
-        qb = np.full(resamples, q0) if q_fixed else v_on[:, at - 1]
-        keep = np.isfinite(qb)
-        f = _first_hit(v_off[keep], qb[keep], test_higher_is_better) / _first_hit(v_on[keep], qb[keep], test_higher_is_better)
-        f = f[np.isfinite(f) | np.isposinf(f)]
-        if f.size:
-            alpha = (1.0 - level) / 2
-            low, high = (float(x) for x in np.quantile(f, [alpha, 1 - alpha], method="inverted_cdf"))
-    return Reduction(q=q0, at=at, n_on=n_on, n_off=n_off, n_off_max=n_off_max, factor=factor,
-                     low=low, high=high, censored=censored, level=level)
+
+def reduction_factors(on, off, *, at=REDUCTION_AT, test_higher_is_better: bool = False,
+                      val_higher_is_better: bool = False, replacement: bool = True, resamples: int = 1000,
+                      level: float = 0.9, seed: int | None = 0) -> list[Reduction]:
+    """``reduction_factor`` at several targets: q = the on-curve's value at each n in ``at`` <= N_on.
+
+    One reduction says little when local search changes the curve's shape, so report a few
+    targets. Same seed, same results as ``reduction_factor(at=n)`` for each n (shared resamples).
+    """
+    c_on = on if isinstance(on, Curve) else None
+    n_on_max = int(c_on.budgets.max()) if c_on is not None else (on if isinstance(on, Trials) else Trials(*on)).n
+    ats = [int(a) for a in at if 1 <= int(a) <= n_on_max]
+    return _reductions(on, off, ats, None, test_higher_is_better, val_higher_is_better, replacement,
+                       resamples, level, seed)

@@ -1,9 +1,12 @@
-"""``moetune-export``: a sweep's trials from MLflow -> budget-vs-quality curves, figures, summary.
+"""``moetune export``: a sweep's trials from MLflow -> budget-vs-quality curves, figures, summary.
 
 Reads the studies (parent runs, ROLE=study) and trials (child runs, ROLE=trial) of one sweep
 experiment, builds one curve per (gate, local search, dataset, sampler) and test metric, and
-writes curves.csv, a figure per metric (PNG, SVG), one self-contained interactive HTML page and
-summary.md into the output folder, then logs the same files on a run tagged ROLE=export.
+writes into the output folder: curves.csv; reductions.csv (budget reduction factor of local
+search at several target qualities); per metric a figure against trials (budget_<metric>) and
+one against expected cumulative compute seconds (budget_<metric>_compute), as PNG and SVG; one
+self-contained interactive HTML page; summary.md. Then it logs the same files on a run tagged
+ROLE=export.
 
 Random-search studies of the same gate/local_search/dataset are pooled (their trials are
 independent draws from the same space, whatever the seed) and use the exact expected-max
@@ -37,6 +40,8 @@ PARENT_RUN_ID = "mlflow.parentRunId"
 REPORT_BUDGETS = (1, 10, 100)
 GATE_LABELS = {"topk": "Top-k", "dselect_k": "DSelect-k", "comet": "COMET", "hash": "Hash", "softmax": "Softmax"}
 _SAMPLER_TEXT = {"random": "random search", "tpe": "TPE"}
+REDUCTION_COLUMNS = ["gate", "dataset", "sampler", "metric", "at_n", "q", "n_on", "n_off", "factor", "low", "high",
+                     "censored"]
 CSV_COLUMNS = ["study", "gate", "local_search", "dataset", "sampler", "estimator", "metric", "higher_is_better",
                "budget", "value", "low", "high", "compute_seconds", "p_no_model", "n_trials", "n_failed", "n_studies"]
 
@@ -226,7 +231,10 @@ def _curves(studies, metrics, selection, resamples, seed, level) -> list[_Result
 
 
 def _reductions(results: list[_Result], val_up: bool, resamples: int, seed: int, level: float) -> dict:
-    """Reduction factor of local search per (metric, dataset, gate, sampler) where on and off both exist."""
+    """Reduction factors of local search per (metric, dataset, gate, sampler) where on and off both exist.
+
+    Each value is a list of budget.Reduction, one per target n in budget.REDUCTION_AT (<= N_on).
+    """
     by = {(r.metric, r.dataset, r.gate, r.sampler, r.local_search): r for r in results}
     out = {}
     for (metric, dataset, gate, sampler, ls), on in by.items():
@@ -235,10 +243,10 @@ def _reductions(results: list[_Result], val_up: bool, resamples: int, seed: int,
             continue
         up = schema.higher_is_better(metric)
         if sampler == "random":
-            red = budget.reduction_factor(on.trials, off.trials, test_higher_is_better=up, val_higher_is_better=val_up,
-                                          resamples=resamples, level=level, seed=seed)
+            red = budget.reduction_factors(on.trials, off.trials, test_higher_is_better=up,
+                                           val_higher_is_better=val_up, resamples=resamples, level=level, seed=seed)
         else:
-            red = budget.reduction_factor(on.curve, off.curve, test_higher_is_better=up)
+            red = budget.reduction_factors(on.curve, off.curve, test_higher_is_better=up, level=level)
         out[(metric, dataset, gate, sampler)] = red
     return out
 
@@ -276,6 +284,23 @@ def _write_csv(path: Path, results: list[_Result]) -> None:
                             c.n_failed, len(r.studies)])
 
 
+def _write_reductions_csv(path: Path, reductions: dict) -> None:
+    """One row per (gate, dataset, sampler, metric, target). A censored row (the off-curve never
+    reaches q) holds the lower bounds n_off = N_off and factor = N_off / n_on; low/high may be inf."""
+    def num(x):
+        return "" if x is None or np.isnan(x) else repr(float(x))
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REDUCTION_COLUMNS)
+        for metric, dataset, gate, sampler in sorted(reductions, key=lambda k: (k[2], k[1], k[3], k[0])):
+            for r in reductions[(metric, dataset, gate, sampler)]:
+                n_off = r.n_off_max if r.censored else r.n_off
+                factor = r.lower_bound if r.censored else r.factor
+                w.writerow([gate, dataset, sampler, metric, r.at, num(r.q), "" if r.n_on is None else r.n_on,
+                            "" if n_off is None else n_off, num(factor), num(r.low), num(r.high), r.censored])
+
+
 def _panels(results: list[_Result], metric: str):
     """Panel grid of one metric's figure: rows = datasets, columns = gates."""
     mine = sorted((r for r in results if r.metric == metric), key=lambda r: (r.sampler, r.local_search != "on"))
@@ -300,10 +325,17 @@ def _style(r: _Result):
     return color, dash
 
 
-def _figure_png_svg(results, metric, level, png: Path, svg: Path) -> None:
+X_AXES = {"trials": ("budgets", "tuning budget (trials)"),
+          "compute": ("compute_seconds", "tuning budget (compute seconds)")}
+
+
+def _figure_png_svg(results, metric, level, png: Path, svg: Path, x: str = "trials") -> None:
+    """Panels of one metric's curves against trials or, x="compute", expected cumulative compute
+    seconds (n x mean trial seconds): local search makes a trial cost more, so both views matter."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    attr, xlabel = X_AXES[x]
     mine, datasets, gates = _panels(results, metric)
     fig = Figure(figsize=(4.6 * len(gates), 3.6 * len(datasets) + 0.6), layout="constrained")
     axes = fig.subplots(len(datasets), len(gates), squeeze=False, sharey="row")
@@ -313,28 +345,31 @@ def _figure_png_svg(results, metric, level, png: Path, svg: Path) -> None:
             for r in (r for r in mine if r.dataset == ds and r.gate == gate):
                 c = r.curve
                 color, dash = _style(r)
-                ax.fill_between(c.budgets, c.low, c.high, color=color, alpha=0.2, linewidth=0)
-                ax.plot(c.budgets, c.value, dash, color=color, label=_label(r.gate, r.local_search, r.sampler))
+                xs = getattr(c, attr)
+                ax.fill_between(xs, c.low, c.high, color=color, alpha=0.2, linewidth=0)
+                ax.plot(xs, c.value, dash, color=color, label=_label(r.gate, r.local_search, r.sampler))
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"{GATE_LABELS.get(gate, gate)} — {ds}")
-            ax.set_xlabel("tuning budget (trials)")
+            ax.set_xlabel(xlabel)
             if j == 0:
                 ax.set_ylabel(_direction(metric))
             ax.grid(True, which="both", alpha=0.3)
             if ax.has_data():
                 ax.legend(fontsize="small")
-    fig.suptitle(f"Budget vs quality: {_estimator_text(mine, level)}", fontsize="medium")
+    what = "Budget" if x == "trials" else "Budget in compute (n x mean trial seconds)"
+    fig.suptitle(f"{what} vs quality: {_estimator_text(mine, level)}", fontsize="medium")
     fig.savefig(png, dpi=120)
     fig.savefig(svg)
 
 
-def _figure_plotly(results, metric, level):
+def _figure_plotly(results, metric, level, x: str = "trials"):
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
+    attr, xlabel = X_AXES[x]
     mine, datasets, gates = _panels(results, metric)
     fig = make_subplots(rows=len(datasets), cols=len(gates), shared_yaxes=True,
                         subplot_titles=[f"{GATE_LABELS.get(g, g)} — {d}" for d in datasets for g in gates])
@@ -344,22 +379,23 @@ def _figure_plotly(results, metric, level):
             for r in (r for r in mine if r.dataset == ds and r.gate == gate):
                 c, (color, dash) = r.curve, _style(r)
                 name = _label(r.gate, r.local_search, r.sampler)
-                x = c.budgets.tolist()
-                fig.add_trace(go.Scatter(x=x, y=c.high.tolist(), mode="lines", line=dict(width=0),
+                xs = getattr(c, attr).tolist()
+                fig.add_trace(go.Scatter(x=xs, y=c.high.tolist(), mode="lines", line=dict(width=0),
                                          showlegend=False, hoverinfo="skip", legendgroup=name), row=i, col=j)
-                fig.add_trace(go.Scatter(x=x, y=c.low.tolist(), mode="lines", line=dict(width=0), fill="tonexty",
+                fig.add_trace(go.Scatter(x=xs, y=c.low.tolist(), mode="lines", line=dict(width=0), fill="tonexty",
                                          fillcolor=colors[color].format(0.2), showlegend=False,
                                          hoverinfo="skip", legendgroup=name), row=i, col=j)
-                fig.add_trace(go.Scatter(x=x, y=c.value.tolist(), mode="lines", name=name, legendgroup=name,
+                custom = np.stack([c.low, c.high, c.compute_seconds, c.budgets], axis=1).tolist()
+                fig.add_trace(go.Scatter(x=xs, y=c.value.tolist(), mode="lines", name=name, legendgroup=name,
                                          line=dict(color=colors[color].format(1),
                                                    dash="solid" if dash == "-" else "dash"),
-                                         customdata=np.stack([c.low, c.high, c.compute_seconds], axis=1).tolist(),
-                                         hovertemplate=("n=%{x}: %{y:.4g} [%{customdata[0]:.4g}, "
+                                         customdata=custom,
+                                         hovertemplate=("n=%{customdata[3]}: %{y:.4g} [%{customdata[0]:.4g}, "
                                                         "%{customdata[1]:.4g}], %{customdata[2]:.0f} s")),
                               row=i, col=j)
-            fig.update_xaxes(type="log", title_text="tuning budget (trials)", row=i, col=j)
+            fig.update_xaxes(type="log", title_text=xlabel, row=i, col=j)
         fig.update_yaxes(title_text=_direction(metric), row=i, col=1)
-    fig.update_layout(title=f"{metric} — budget vs quality: {_estimator_text(mine, level)}",
+    fig.update_layout(title=f"{metric} — budget ({x}) vs quality: {_estimator_text(mine, level)}",
                       height=380 * len(datasets) + 120, width=max(700, 480 * len(gates)))
     return fig
 
@@ -375,11 +411,33 @@ def _fmt(x: float) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
+def _reduction_table(reds: list, sampler: str, level: float) -> list[str]:
+    """Markdown table of one gate's reductions, one row per target budget of the on-curve."""
+    lines = [f"Budget reduction factor of local search ({_SAMPLER_TEXT.get(sampler, sampler)}):", "",
+             f"| target (on-curve at n) | q | n_on | n_off | reduction [{level:.0%} interval] |",
+             "|---|---|---|---|---|"]
+    for r in reds:
+        if r.n_on is None:
+            n_off, text = "—", "— (q not reached)"
+        elif r.censored:
+            n_off, text = f"> {r.n_off_max}", f"> {r.lower_bound:g}"
+        else:
+            n_off, text = str(r.n_off), f"{r.factor:.3g}"
+            if np.isfinite(r.low) or np.isfinite(r.high):
+                text += f" [{budget._fmt_bound(r.low)}, {budget._fmt_bound(r.high)}]"
+        n_on = "—" if r.n_on is None else str(r.n_on)
+        lines.append(f"| n = {r.at} | {_fmt(r.q)} | {n_on} | {n_off} | {text} |")
+    return lines + [""]
+
+
 def _write_summary(path: Path, experiment: str, results, reductions, selection: str, level: float) -> None:
     lines = [f"# Budget vs quality — {experiment}", "",
              f"Selection by `{selection}`. Quality at n = expected test score of the trial a budget of n "
              "trials selects; \"best\" = the trial the whole study selects (mean over seeds for running best). "
-             f"Bands ({level:.0%}) are in curves.csv.", ""]
+             f"Bands ({level:.0%}) are in curves.csv. Budget reduction factor of local search = "
+             "n_off(q) / n_on(q), the budgets the curves without and with it need to reach q = the "
+             "local-search curve's value at n; \"> N\": without local search the curve never reaches q "
+             "within its N trials (also in reductions.csv).", ""]
     for metric in sorted({r.metric for r in results}):
         lines += [f"## {_direction(metric)}", ""]
         mine = [r for r in results if r.metric == metric]
@@ -397,22 +455,9 @@ def _write_summary(path: Path, experiment: str, results, reductions, selection: 
                                  f"{c.n_trials} ({c.n_failed}) | {_fmt(r.best)} | " + " | ".join(cells) + " |")
                 lines.append("")
                 for sampler in sorted({r.sampler for r in rows}):
-                    red = reductions.get((metric, ds, gate, sampler))
-                    if red is None:
-                        continue
-                    what = f"budget reduction factor of local search ({_SAMPLER_TEXT.get(sampler, sampler)})"
-                    if red.censored:
-                        text = (f"> {red.lower_bound:g} (without local search the curve never reaches "
-                                f"q within its {red.n_off_max} trials)")
-                    elif red.factor is None:
-                        text = "— (q not reached)"
-                    else:
-                        text = f"{red.factor:.3g}"
-                        if np.isfinite(red.low) or np.isfinite(red.high):
-                            text += (f", {level:.0%} bootstrap interval [{budget._fmt_bound(red.low)}, "
-                                     f"{budget._fmt_bound(red.high)}]")
-                        text += f" (n_off = {red.n_off}, n_on = {red.n_on})"
-                    lines += [f"- {what} at q = {_fmt(red.q)} (the local-search curve at n = {red.at}): {text}", ""]
+                    reds = reductions.get((metric, ds, gate, sampler))
+                    if reds:
+                        lines += _reduction_table(reds, sampler, level)
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -461,15 +506,16 @@ def export_sweep(tracking_uri: str, experiment_name: str, out_dir=None, *, metri
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        names = ["curves.csv", "summary.md"]
+        names = ["curves.csv", "reductions.csv", "summary.md"]
         _write_csv(tmp / "curves.csv", results)
+        _write_reductions_csv(tmp / "reductions.csv", reductions)
         _write_summary(tmp / "summary.md", experiment_name, results, reductions, selection, level)
         figures = []
         for m in metrics:
-            stem = f"budget_{m}"
-            _figure_png_svg(results, m, level, tmp / f"{stem}.png", tmp / f"{stem}.svg")
-            names += [f"{stem}.png", f"{stem}.svg"]
-            figures.append(_figure_plotly(results, m, level))
+            for x, stem in (("trials", f"budget_{m}"), ("compute", f"budget_{m}_compute")):
+                _figure_png_svg(results, m, level, tmp / f"{stem}.png", tmp / f"{stem}.svg", x=x)
+                names += [f"{stem}.png", f"{stem}.svg"]
+                figures.append(_figure_plotly(results, m, level, x=x))
         _write_html(tmp / "budget_curves.html", figures)
         names.append("budget_curves.html")
         for name in names:
@@ -484,8 +530,8 @@ def export_sweep(tracking_uri: str, experiment_name: str, out_dir=None, *, metri
     return files
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="moetune-export",
+def main(argv=None, prog: str = "moetune-export") -> int:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Budget-vs-quality curves of a sweep, from its MLflow runs.")
     p.add_argument("--experiment", required=True, help="MLflow experiment (= sweep) name")
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
@@ -509,6 +555,29 @@ def main(argv=None) -> int:
     for path in files.values():
         print(f"  {path}")
     return 0
+
+
+CLI_USAGE = """usage: moetune COMMAND [options]
+
+commands:
+  export    budget-vs-quality curves, figures and summary of a sweep (moetune export --help)"""
+
+
+def cli(argv=None) -> int:
+    """The ``moetune`` console command: ``moetune export ...`` runs main(); room for more subcommands.
+
+    A bare ``moetune`` or an unknown command prints usage to stderr and exits 2 (like argparse).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "export":
+        return main(argv[1:], prog="moetune export")
+    if argv and argv[0] in ("-h", "--help"):
+        print(CLI_USAGE)
+        return 0
+    print(CLI_USAGE, file=sys.stderr)
+    if argv:
+        print(f"moetune: error: unknown command {argv[0]!r}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":
