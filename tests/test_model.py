@@ -6,7 +6,7 @@ import torch
 
 from moetune.data.base import MultiTaskData, Split, Task
 from moetune.errors import ConfigError
-from moetune.experts import CNNExperts, MLPExperts, mix
+from moetune.experts import MLPExperts, mix
 from moetune.gates import build_gate
 from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
 from moetune.training import TrainConfig, Trainer

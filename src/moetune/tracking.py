@@ -7,7 +7,6 @@ killed process left RUNNING are closed.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -212,7 +212,3 @@ class Trainer:
             chosen = gates[0].argmax(1).cpu().numpy()
             diag["routing_nmi"] = float(normalized_mutual_info_score(np.asarray(truth), chosen))
         return diag
-
-
-def config_dict(*configs) -> dict:
-    return {type(c).__name__: asdict(c) for c in configs}
