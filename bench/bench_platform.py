@@ -5,7 +5,7 @@ Runs real studies through train.py (Hydra -> Ray Tune -> MLflow) in a scratch fo
 timings back from MLflow: the study's wall time is its parent run's start-to-end (tuning only, after
 Ray has started); a trial's own time is the wall_seconds its trainer measured.
 
-    python bench/bench_platform.py            # about 2-3 minutes on 2 cores
+    python bench/bench_platform.py            # about 4 minutes on 2 cores
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # (label, overrides) giving trials of about 1 s and about 5 s of training on this machine
 TRIAL_SIZES = {
-    "~1s": ["dataset.n_samples=2000", "train.max_epochs=3", "train.patience=3"],
-    "~5s": ["dataset.n_samples=8000", "train.max_epochs=6", "train.patience=6"],
+    "~1s": ["dataset.n_samples=8000", "train.max_epochs=6", "train.patience=6"],
+    "~5s": ["dataset.n_samples=20000", "train.max_epochs=12", "train.patience=12"],
 }
 
 
@@ -45,7 +45,7 @@ def run_study(workdir: Path, name: str, n_trials: int, concurrency: int, overrid
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

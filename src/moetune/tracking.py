@@ -22,6 +22,7 @@ from moetune import schema
 from moetune.errors import ConfigError
 
 UNFINISHED = ("RUNNING", "SCHEDULED")
+FLUSH_SECONDS = 5.0
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -84,6 +85,8 @@ class StudyTracker:
             self.child_status[trial_id] = run.info.status
             self.child_index[trial_id] = int(run.data.tags.get(schema.TRIAL_INDEX, len(self.child_index)))
         self.tags = tags
+        self.pending: dict[str, list[Metric]] = {}
+        self.last_flush: dict[str, float] = {}
 
     def _search(self, filter_string: str):
         runs, token = [], None
@@ -122,11 +125,21 @@ class StudyTracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, _clean(v)) for k, v in sorted(params.items())])
 
     def log_epoch(self, trial_id: str, epoch: int, metrics: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
-        self.client.log_batch(self.children[trial_id], metrics=batch)
+        """Buffer a trial's per-epoch metrics; written every FLUSH_SECONDS and when the trial ends, since
+        one store write per epoch costs the driver CPU that the trials on the same machine need."""
+        now = time.time()
+        self.pending.setdefault(trial_id, []).extend(Metric(k, float(v), int(now * 1000), epoch) for k, v in metrics.items())
+        if now - self.last_flush.get(trial_id, 0.0) >= FLUSH_SECONDS:
+            self.flush(trial_id)
+
+    def flush(self, trial_id: str) -> None:
+        self.last_flush[trial_id] = time.time()
+        metrics = self.pending.pop(trial_id, [])
+        for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+            self.client.log_batch(self.children[trial_id], metrics=metrics[start:start + 1000])
 
     def finish_trial(self, trial_id: str, metrics: dict[str, float], diagnostics: dict) -> None:
+        self.flush(trial_id)
         run_id = self.children[trial_id]
         now = int(time.time() * 1000)
         tags = [RunTag("permutation", json.dumps(diagnostics["permutation"]))] if "permutation" in diagnostics else []
@@ -136,6 +149,7 @@ class StudyTracker:
         self.child_status[trial_id] = "FINISHED"
 
     def fail_trial(self, trial_id: str, error: str) -> None:
+        self.flush(trial_id)
         run_id = self.children[trial_id]
         self.client.set_tag(run_id, schema.ERROR, _clean(error))
         self.client.set_terminated(run_id, "FAILED")
@@ -148,6 +162,8 @@ class StudyTracker:
     def close(self, summary: dict[str, float], complete: bool) -> None:
         """End the study: summary metrics on the parent; unfinished children and the parent KILLED if interrupted."""
         for trial_id, status in self.child_status.items():
+            if trial_id in self.pending:
+                self.flush(trial_id)
             if status in UNFINISHED:
                 self.client.set_terminated(self.children[trial_id], "KILLED")
                 self.child_status[trial_id] = "KILLED"
