@@ -10,11 +10,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
 from moetune import schema
 from moetune.data.base import MultiTaskData, Split, Task
 from moetune.errors import ConfigError, TrainingDivergedError
+from moetune.metrics import normalized_mutual_info, roc_auc
 from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
 
 
@@ -189,7 +189,7 @@ class Trainer:
             name = schema.task_metric_name(split_name, task.name, schema.TASK_METRIC[task.kind])
             if task.kind == "binary":
                 finite = np.isfinite(pred).all()
-                metrics[name] = float(roc_auc_score(y, pred[:, 0])) if finite and len(np.unique(y)) == 2 else float("nan")
+                metrics[name] = roc_auc(y, pred[:, 0]) if finite else float("nan")
             elif task.kind == "regression":
                 metrics[name] = float(((pred[:, 0] - y) ** 2).mean())
             else:
@@ -210,5 +210,5 @@ class Trainer:
         truth = (self.data.truth or {}).get(f"{split_name}_expert")
         if truth is not None:
             chosen = gates[0].argmax(1).cpu().numpy()
-            diag["routing_nmi"] = float(normalized_mutual_info_score(np.asarray(truth), chosen))
+            diag["routing_nmi"] = float(normalized_mutual_info(np.asarray(truth), chosen))
         return diag
