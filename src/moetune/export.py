@@ -413,7 +413,7 @@ def _fmt(x: float) -> str:
 
 def _reduction_table(reds: list, sampler: str, level: float) -> list[str]:
     """Markdown table of one gate's reductions, one row per target budget of the on-curve."""
-    lines = [f"Budget reduction factor of local search ({_SAMPLER_TEXT.get(sampler, sampler)}):", "",
+    lines = ["", f"Budget reduction factor of local search ({_SAMPLER_TEXT.get(sampler, sampler)}):", "",
              f"| target (on-curve at n) | q | n_on | n_off | reduction [{level:.0%} interval] |",
              "|---|---|---|---|---|"]
     for r in reds:
