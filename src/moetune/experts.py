@@ -1,16 +1,18 @@
 """Expert banks with two equivalent ways to run them: dense (every expert on every sample) and sparse
 (each expert only on the samples routed to it). mix() picks one and combines the outputs per task.
 
-Performance notes (CPU, measured with bench/bench_moe_layer.py):
-- The first layer of MLPExperts is stored as one (in_dim, n * out) matrix, so the dense path is a single
-  addmm (bias fused) with no per-call permute copy of the weight nor of its gradient; .one(e) and the
-  sparse path use strided per-expert views of it.
-- The sparse path runs every layer as one grouped GEMM (_GroupedLinear): rows sorted by expert once,
-  one mm per non-empty expert written into preallocated buffers, ReLU fused, and a hand-written
-  backward, so there is no per-expert autograd graph, no torch.cat/split copies and no full-size
-  zero-filled gradient per expert.
-- Mixing is one batched product for all tasks (_Mix); its backward avoids the per-sample matmul loops
-  autograd's bmm backward falls into for (B x 1 x n) operands.
+Performance (CPU; bench/bench_moe_layer.py measures it):
+- MLPExperts stores its first layer as one (in_dim, n * width) matrix: the dense path is a single
+  matmul with no per-call permute copy of the weight (nor of its gradient); .one(e) and the sparse
+  path use strided per-expert views (expert_weight).
+- Dense: matmul, then _BiasReluMix does bias + relu + dropout + mixing for all tasks in cache-sized
+  row chunks, with a hand-written backward: one pass over the B x n x out activations each way, where
+  autograd's bias/relu/bmm ops make (and allocate for) one pass per op; this is what pays at large
+  batches, where those tensors no longer fit in cache.
+- Sparse (MLP): _SparseMLPMix gathers the routed rows once (grouped by expert), runs each layer as a
+  grouped GEMM (one addmm per non-empty expert into a preallocated buffer), and scatters the
+  gate-weighted rows back per task; its backward is hand-written too: no per-expert autograd graph,
+  no cat/split copies, no full-size zero-filled weight gradient per expert.
 """
 from __future__ import annotations
 
@@ -22,14 +24,16 @@ from torch import nn
 
 
 class _SparseMLPMix(torch.autograd.Function):
-    """Sparse MLP experts fused with the per-task mixing, one expert at a time.
+    """Sparse MLP experts fused with the per-task mixing.
 
     Routed (sample, expert) rows are grouped by expert: expert e owns rows bounds[e]:bounds[e + 1],
     whose samples are sample_index[rows]; row_weights (R x T) are those rows' gate weights per task.
-    For each expert: gather its samples, run its layers (addmm, relu, dropout), scale by the row
-    weights and scatter-add into the B x T x out result. Every per-expert temporary is small enough
-    to stay in cache, so no R x d gathered input, R x out output or R x T x out weighted copy is made;
-    the backward re-gathers instead. Saved for backward: each layer's post-activation (R x width).
+    The inputs are gathered once (R x d_in); each layer is one grouped GEMM (one addmm per non-empty
+    expert into a preallocated R x width buffer) followed by relu/dropout over all rows at once; the
+    result is scaled by the row weights and scatter-added into B x T x out. The backward mirrors it
+    by hand: no per-expert autograd graph, no cat/split copies, no full-size zero gradient per expert,
+    and a few large elementwise ops rather than many per-expert ones (each op is an OpenMP region).
+    Saved for backward: the gathered inputs and each layer's post-activation.
     """
 
     @staticmethod
@@ -37,75 +41,66 @@ class _SparseMLPMix(torch.autograd.Function):
         n_layers = len(params) // 2
         weights, biases = params[:n_layers], params[n_layers:]
         batch, tasks = x.shape[0], row_weights.shape[1]
-        rows = sample_index.shape[0]
         scale = 1.0 / (1.0 - p) if training and p > 0 else 1.0
-        acts = [x.new_empty(rows, w.shape[2]) for w in weights]
-        out = x.new_zeros(batch, tasks * acts[-1].shape[1])
-        for e in range(len(bounds) - 1):
-            lo, hi = bounds[e], bounds[e + 1]
-            if hi == lo:
-                continue
-            idx = sample_index[lo:hi]
-            h = x.index_select(0, idx)
-            for w, b, a in zip(weights, biases, acts):
-                h = torch.addmm(b[e], h, w[e], out=a[lo:hi]).clamp_min_(0)
-                if scale != 1.0:
-                    h.mul_(torch.empty_like(h).bernoulli_(1.0 - p).mul_(scale))
-            if tasks == 1:
-                out.index_add_(0, idx, h * row_weights[lo:hi])
-            else:
-                out.index_add_(0, idx, (h.unsqueeze(1) * row_weights[lo:hi].unsqueeze(2)).view(hi - lo, -1))
-        ctx.save_for_backward(x, row_weights, sample_index, *weights, *acts)
-        ctx.bounds, ctx.scale, ctx.n_layers = bounds, scale, n_layers
+        experts = [(e, bounds[e], bounds[e + 1]) for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
+        h = x.index_select(0, sample_index)  # R x d_in, one gather for all experts
+        saved = [h]
+        for w, b in zip(weights, biases):
+            z = h.new_empty(h.shape[0], w.shape[2])
+            for e, lo, hi in experts:
+                torch.addmm(b[e], h[lo:hi], w[e], out=z[lo:hi])
+            h = z.clamp_min_(0)
+            if scale != 1.0:
+                h.mul_(torch.empty_like(h).bernoulli_(1.0 - p).mul_(scale))
+            saved.append(h)
+        weighted = h * row_weights if tasks == 1 else (h.unsqueeze(1) * row_weights.unsqueeze(2)).view(h.shape[0], -1)
+        out = h.new_zeros(batch, weighted.shape[1]).index_add_(0, sample_index, weighted)
+        ctx.save_for_backward(row_weights, sample_index, *weights, *saved)
+        ctx.batch, ctx.experts, ctx.scale, ctx.n_layers = batch, experts, scale, n_layers
         return out.view(batch, tasks, -1)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, row_weights, sample_index, *rest = ctx.saved_tensors
-        n_layers, bounds, scale = ctx.n_layers, ctx.bounds, ctx.scale
-        weights, acts = rest[:n_layers], rest[n_layers:]
-        batch, tasks = grad_out.shape[0], grad_out.shape[1]
-        grad_out = grad_out.reshape(batch, -1)
+        row_weights, sample_index, *rest = ctx.saved_tensors
+        n_layers, experts, scale = ctx.n_layers, ctx.experts, ctx.scale
+        weights, acts = rest[:n_layers], rest[n_layers:]  # acts[0]: gathered inputs, acts[l + 1]: layer l's output
+        tasks = row_weights.shape[1]
         need_x, need_rw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_w = ctx.needs_input_grad[6:6 + n_layers]
         need_b = ctx.needs_input_grad[6 + n_layers:]
-        empty = any(bounds[e + 1] == bounds[e] for e in range(len(bounds) - 1))
-        make = torch.zeros_like if empty else torch.empty_like
-        grad_x = torch.zeros_like(x) if need_x else None
-        grad_rw = torch.empty_like(row_weights) if need_rw else None
-        grad_w = [make(w) if need else None for w, need in zip(weights, need_w)]  # same layout as the weight
-        grad_b = [x.new_zeros(w.shape[0], w.shape[2]) if need else None for w, need in zip(weights, need_b)]
-        for e in range(len(bounds) - 1):
-            lo, hi = bounds[e], bounds[e + 1]
-            if hi == lo:
-                continue
-            idx = sample_index[lo:hi]
-            d_out = grad_out.index_select(0, idx)  # rows x (T * out)
-            h = acts[-1][lo:hi]
-            rw = row_weights[lo:hi]
-            if tasks == 1:
-                if grad_rw is not None:
-                    torch.sum(d_out * h, 1, keepdim=True, out=grad_rw[lo:hi])
-                d_h = d_out.mul_(rw)
-            else:
-                d_out = d_out.view(hi - lo, tasks, -1)
-                if grad_rw is not None:
-                    torch.bmm(d_out, h.unsqueeze(2), out=grad_rw[lo:hi].unsqueeze(2))
-                d_h = torch.bmm(rw.unsqueeze(1), d_out).squeeze(1)
-            for layer in range(n_layers - 1, -1, -1):
-                # relu + dropout: d z = scale * d h where h > 0
-                d_z = torch.ops.aten.threshold_backward(d_h, acts[layer][lo:hi], 0)
-                if scale != 1.0:
-                    d_z.mul_(scale)
-                h_in = acts[layer - 1][lo:hi] if layer else x.index_select(0, idx)
+        n_used = len(experts) == weights[0].shape[0]
+        grad_w = [(torch.empty_like if n_used else torch.zeros_like)(w) if need else None for w, need in zip(weights, need_w)]
+        grad_b = [w.new_zeros(w.shape[0], w.shape[2]) if need else None for w, need in zip(weights, need_b)]
+        h = acts[-1]
+        d_rows = grad_out.reshape(ctx.batch, -1).index_select(0, sample_index)  # R x (T * out)
+        grad_rw = None
+        if tasks == 1:
+            if need_rw:
+                grad_rw = torch.linalg.vecdot(d_rows, h).unsqueeze(1)
+            d_h = d_rows.mul_(row_weights)
+        else:
+            d_rows = d_rows.view(h.shape[0], tasks, -1)
+            if need_rw:
+                grad_rw = torch.bmm(d_rows, h.unsqueeze(2)).squeeze(2)
+            d_h = torch.bmm(row_weights.unsqueeze(1), d_rows).squeeze(1)
+        grad_x = None
+        for layer in range(n_layers - 1, -1, -1):
+            # relu + dropout: dz = scale * dh where h > 0 (written over dh, a temporary)
+            d_z = torch.ops.aten.threshold_backward.grad_input(d_h, acts[layer + 1], 0, grad_input=d_h)
+            if scale != 1.0:
+                d_z.mul_(scale)
+            h_in = acts[layer]
+            need_in = layer > 0 or need_x
+            d_h = h_in.new_empty(h_in.shape) if need_in else None
+            for e, lo, hi in experts:
                 if grad_w[layer] is not None:
-                    torch.mm(h_in.t(), d_z, out=grad_w[layer][e])
+                    torch.mm(h_in[lo:hi].t(), d_z[lo:hi], out=grad_w[layer][e])
                 if grad_b[layer] is not None:
-                    torch.sum(d_z, 0, out=grad_b[layer][e])
-                if layer or grad_x is not None:
-                    d_h = torch.mm(d_z, weights[layer][e].t())
-            if grad_x is not None:
-                grad_x.index_add_(0, idx, d_h)
+                    torch.sum(d_z[lo:hi], 0, out=grad_b[layer][e])
+                if need_in:
+                    torch.mm(d_z[lo:hi], weights[layer][e].t(), out=d_h[lo:hi])
+        if need_x:
+            grad_x = d_h.new_zeros(ctx.batch, d_h.shape[1]).index_add_(0, sample_index, d_h)
         return (grad_x, grad_rw, None, None, None, None, *grad_w, *grad_b)
 
 
@@ -120,6 +115,7 @@ class _Mix(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         h, g = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # e.g. expanded from a .sum(): bmm would loop per sample
         grad_h = grad_g = None
         if ctx.needs_input_grad[0]:
             g_t = g.transpose(1, 2)  # B x n x T
@@ -131,18 +127,23 @@ class _Mix(torch.autograd.Function):
         return grad_h, grad_g
 
 
-_CHUNK_BYTES = 1 << 19  # rows of B x n x out processed together stay in a core's L2
-_BACKWARD_IN_PLACE = True
+_CHUNK_BYTES = 1 << 20  # rows of the B x (n * out) activations handled together: a cache-sized block
+
+
+def _chunk_rows(h: torch.Tensor) -> int:
+    if h.device.type != "cpu":  # on a GPU one pass per op is what pays
+        return max(1, h.shape[0])
+    return max(1, _CHUNK_BYTES // (h.shape[1] * h.element_size()))
 
 
 class _BiasReluMix(torch.autograd.Function):
-    """The last expert layer's epilogue fused with the mixing, done in place in cache-sized row chunks.
+    """The dense path's epilogue: bias, relu, dropout and the per-task mixing in one pass.
 
-    z: B x (n * out) pre-activation without bias (a fresh tensor; overwritten), bias: n * out,
-    g: B x T x n. h = dropout(relu(z + bias)) (in z's memory); returns (g @ h: B x T x out, h).
-    The backward turns the saved h into dz in place, so the dense path allocates no B x n x out
-    buffers beyond the one matmul output (at batch 4096 each such buffer costs ~64 MB of page faults
-    and memory traffic)."""
+    z: B x (n * out), the last layer's pre-activation without bias (a fresh matmul output, overwritten
+    in place with h = dropout(relu(z + bias))); bias: n * out; g: B x T x n. Returns (g @ h: B x T x out,
+    h). Both passes walk the rows in cache-sized chunks, so each B x n x out buffer is streamed from
+    memory once per pass instead of once per elementwise op, and the backward allocates only dz
+    (autograd's relu / bias / bmm backward would allocate three B x n x out tensors)."""
 
     @staticmethod
     def forward(ctx, z, bias, g, p, training):
@@ -150,7 +151,7 @@ class _BiasReluMix(torch.autograd.Function):
         batch, n = g.shape[0], g.shape[2]
         scale = 1.0 / (1.0 - p) if training and p > 0 else 1.0
         out = z.new_empty(batch, g.shape[1], z.shape[1] // n)
-        step = max(1, _CHUNK_BYTES // (z.shape[1] * z.element_size()))
+        step = _chunk_rows(z)
         for lo in range(0, batch, step):
             zc = z[lo:lo + step]
             zc.add_(bias).clamp_min_(0)
@@ -160,26 +161,20 @@ class _BiasReluMix(torch.autograd.Function):
         ctx.mark_dirty(z)
         ctx.save_for_backward(z, g)
         ctx.scale = scale
-        ctx.consumed = False
         return out, z
 
     @staticmethod
     def backward(ctx, grad_out, grad_h):
         h, g = ctx.saved_tensors
-        if _BACKWARD_IN_PLACE:
-            if ctx.consumed:
-                raise RuntimeError("the fused dense expert layer cannot be backpropagated twice (retain_graph=True)")
-            ctx.consumed = True
-            grad_z = h
-        else:
-            grad_z = torch.empty_like(h)
+        grad_z = torch.empty_like(h)
         batch, n = g.shape[0], g.shape[2]
         if grad_out is None:
             grad_out = h.new_zeros(batch, g.shape[1], h.shape[1] // n)
+        grad_out = grad_out.contiguous()  # e.g. expanded from a .sum(): bmm would loop per sample
         grad_g = torch.empty_like(g) if ctx.needs_input_grad[2] else None
         grad_bias = h.new_zeros(h.shape[1]) if ctx.needs_input_grad[1] else None
         g_t = g.transpose(1, 2)  # B x n x T
-        step = max(1, _CHUNK_BYTES // (h.shape[1] * h.element_size()))
+        step = _chunk_rows(h)
         for lo in range(0, batch, step):
             hc, dout, dzc = h[lo:lo + step], grad_out[lo:lo + step], grad_z[lo:lo + step]
             h3 = hc.view(hc.shape[0], n, -1)
@@ -191,7 +186,7 @@ class _BiasReluMix(torch.autograd.Function):
                 dh = torch.bmm(g_t[lo:lo + step], dout)
             if grad_h is not None:  # h was also used outside the mixing
                 dh.add_(grad_h[lo:lo + step].view_as(dh))
-            # relu and dropout: dz = scale * dh where h > 0, written over h
+            # relu and dropout: dz = scale * dh where h > 0
             torch.ops.aten.threshold_backward.grad_input(dh, h3, 0, grad_input=dzc.view_as(h3))
             if ctx.scale != 1.0:
                 dzc.mul_(ctx.scale)
@@ -229,7 +224,7 @@ class MLPExperts(nn.Module):
             return w.view(w.shape[0], self.n_experts, -1).transpose(0, 1)
         return w
 
-    def _activate(self, h: torch.Tensor) -> torch.Tensor:
+    def _dropout(self, h: torch.Tensor) -> torch.Tensor:
         return F.dropout(h, self.dropout, self.training) if self.dropout > 0 else h
 
     def _last_preactivation(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,16 +232,16 @@ class MLPExperts(nn.Module):
         if len(self.weights) == 1:
             return torch.mm(x, self.weights[0])
         n = self.n_experts
-        h = self._activate(F.relu(torch.addmm(self.biases[0].view(-1), x, self.weights[0]), inplace=True))
+        h = self._dropout(F.relu(torch.addmm(self.biases[0].view(-1), x, self.weights[0]), inplace=True))
         h = h.view(x.shape[0], n, -1).transpose(0, 1)  # n x B x d
         for w, b in zip(self.weights[1:-1], self.biases[1:-1]):
-            h = self._activate(F.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
+            h = self._dropout(F.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
         return torch.bmm(h, self.weights[-1]).transpose(0, 1).reshape(x.shape[0], -1)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """B x d -> B x n x out."""
         z = self._last_preactivation(x).view(x.shape[0], self.n_experts, -1)
-        return self._activate(F.relu(z + self.biases[-1]))
+        return self._dropout(F.relu(z + self.biases[-1]))
 
     def dense_mix(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """B x d, mixing weights B x T x n -> B x T x out: the dense path with the epilogue fused."""
@@ -262,7 +257,7 @@ class MLPExperts(nn.Module):
         """Expert e on the rows x."""
         h = x
         for layer, b in enumerate(self.biases):
-            h = self._activate(F.relu(torch.addmm(b[e], h, self.expert_weight(layer)[e])))
+            h = self._dropout(F.relu(torch.addmm(b[e], h, self.expert_weight(layer)[e])))
         return h
 
 
@@ -292,19 +287,19 @@ class CNNExperts(nn.Module):
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([expert(x) for expert in self.experts], dim=1)
 
-    def grouped(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-        pieces = [self.experts[e](x[bounds[e]:bounds[e + 1]]) for e in range(self.n_experts) if bounds[e + 1] > bounds[e]]
-        return torch.cat(pieces) if pieces else x.new_zeros(0, self.out_dim)
-
     def one(self, e: int, x: torch.Tensor) -> torch.Tensor:
         return self.experts[e](x)
 
 
 def _grouped(experts: nn.Module, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-    if hasattr(experts, "grouped"):
-        return experts.grouped(x, bounds)
+    """Rows of x grouped by expert (expert e owns rows bounds[e]:bounds[e + 1]) -> R x out, via one()."""
     pieces = [experts.one(e, x[bounds[e]:bounds[e + 1]]) for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
     return torch.cat(pieces) if pieces else x.new_zeros(0, experts.out_dim)
+
+
+def _per_task(out: torch.Tensor) -> list[torch.Tensor]:
+    """B x T x out -> T tensors B x out (one task: a view, so the backward copies nothing)."""
+    return [out.squeeze(1)] if out.shape[1] == 1 else list(out.unbind(1))
 
 
 def mix(experts: nn.Module, x: torch.Tensor, task_weights: list[torch.Tensor], sparse: bool) -> list[torch.Tensor]:
@@ -313,8 +308,8 @@ def mix(experts: nn.Module, x: torch.Tensor, task_weights: list[torch.Tensor], s
     if not sparse:
         g = torch.stack(task_weights, 1)  # B x T x n
         if hasattr(experts, "dense_mix"):
-            return list(experts.dense_mix(x, g).unbind(1))
-        return list(_Mix.apply(experts.dense(x), g).unbind(1))  # dense(x): B x n x out
+            return _per_task(experts.dense_mix(x, g))
+        return _per_task(_Mix.apply(experts.dense(x), g))  # dense(x): B x n x out
     stacked = torch.stack(task_weights)  # T x B x n
     active = stacked.ne(0).any(0)  # B x n
     expert_index, sample_index = active.t().nonzero(as_tuple=True)  # grouped by expert, samples ascending
@@ -326,8 +321,8 @@ def mix(experts: nn.Module, x: torch.Tensor, task_weights: list[torch.Tensor], s
     # each routed row's gate weight for every task: R x T
     row_weights = stacked.reshape(tasks, batch * n).index_select(1, sample_index * n + expert_index).t().contiguous()
     if hasattr(experts, "sparse_mix"):
-        return list(experts.sparse_mix(x, row_weights, sample_index, bounds).unbind(1))
+        return _per_task(experts.sparse_mix(x, row_weights, sample_index, bounds))
     out = _grouped(experts, x.index_select(0, sample_index), bounds)  # R x out
     weighted = (out.unsqueeze(1) * row_weights.unsqueeze(2)).reshape(out.shape[0], len(task_weights) * out.shape[1])
     combined = out.new_zeros(batch, weighted.shape[1]).index_add(0, sample_index, weighted)
-    return list(combined.view(batch, len(task_weights), -1).unbind(1))
+    return _per_task(combined.view(batch, len(task_weights), -1))
