@@ -1,6 +1,7 @@
 """The interface every gate implements, and the smooth-step that DSelect-k and COMET share."""
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ class GateOutput:
     aux_loss: torch.Tensor
 
 
-class Gate(nn.Module):
+class Gate(nn.Module, abc.ABC):
     """A routing gate for one task: (routing input, routing ids) -> GateOutput.
 
     Subclasses set `sparse` (whether weights have at most k non-zeros, possibly only once saturated)
@@ -32,8 +33,9 @@ class Gate(nn.Module):
         self.n_experts = n_experts
         self.k = k
 
+    @abc.abstractmethod
     def forward(self, x: torch.Tensor, routing_ids: torch.Tensor | None = None) -> GateOutput:
-        raise NotImplementedError("subclasses implement forward")
+        """Mixture weights for a batch of routing inputs (and routing ids, for gates that use them)."""
 
 
 def smooth_step(t: torch.Tensor, gamma: float) -> torch.Tensor:
