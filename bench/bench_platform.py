@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (label, overrides) giving trials of about 1 s and about 5 s of training on this machine
 TRIAL_SIZES = {
     "~1s": ["dataset.n_samples=8000", "train.max_epochs=6", "train.patience=6"],
-    "~5s": ["dataset.n_samples=20000", "train.max_epochs=12", "train.patience=12"],
+    "~5s": ["dataset.n_samples=25000", "train.max_epochs=14", "train.patience=14"],
 }
 
 
