@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from moetune.data.base import MultiTaskData, Split, Task
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -24,3 +27,17 @@ def run_cli(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Complet
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def tabular_data(n: int = 48, n_ids: int = 30, n_features: int = 6) -> MultiTaskData:
+    """A tiny two-task dataset (binary + regression) with id, dense features and routing ids, seeded."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(rows):
+        ids = torch.randint(0, n_ids, (rows,), generator=g)
+        return Split(inputs={"ids": ids.unsqueeze(1), "dense": torch.randn(rows, n_features, generator=g)},
+                     targets=torch.stack([torch.randint(0, 2, (rows,), generator=g).float(), torch.randn(rows, generator=g)], 1),
+                     masks=torch.ones(rows, 2, dtype=torch.bool), routing_ids=ids)
+
+    return MultiTaskData("tabular", [Task("a", "binary"), Task("b", "regression")], split(n), split(16), split(16),
+                         id_cardinalities=[n_ids], n_routing_ids=n_ids).validate()

@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
+from conftest import tabular_data
 
-from moetune.data.base import MultiTaskData, Split, Task
+from moetune.data.base import MultiTaskData
 from moetune.local_search import PermutationLocalSearch, harden, log_sinkhorn
 from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
 
@@ -217,16 +218,7 @@ def test_loading_an_unfrozen_state_unfreezes():
 # --- in the model ------------------------------------------------------------------------------------
 
 def tiny_data(n: int = 64, n_ids: int = 20) -> MultiTaskData:
-    g = torch.Generator().manual_seed(0)
-
-    def split(rows):
-        ids = torch.randint(0, n_ids, (rows,), generator=g)
-        return Split(inputs={"ids": ids.unsqueeze(1), "dense": torch.randn(rows, 5, generator=g)},
-                     targets=torch.stack([torch.randint(0, 2, (rows,), generator=g).float(), torch.randn(rows, generator=g)], 1),
-                     masks=torch.ones(rows, 2, dtype=torch.bool), routing_ids=ids)
-
-    return MultiTaskData("tiny", [Task("a", "binary"), Task("b", "regression")], split(n), split(16), split(16),
-                         id_cardinalities=[n_ids], n_routing_ids=n_ids).validate()
+    return tabular_data(n, n_ids, n_features=5)
 
 
 @pytest.mark.parametrize("gate, k", [("topk", 2), ("hash", 1), ("topk", 1)])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tabular_data
 
 from moetune.data.base import MultiTaskData, Split, Task
 from moetune.errors import ConfigError
@@ -12,19 +13,6 @@ from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
 from moetune.training import TrainConfig, Trainer
 
 N_IDS = 30
-
-
-def tabular_data(n: int = 48) -> MultiTaskData:
-    g = torch.Generator().manual_seed(0)
-
-    def split(rows):
-        ids = torch.randint(0, N_IDS, (rows,), generator=g)
-        return Split(inputs={"ids": ids.unsqueeze(1), "dense": torch.randn(rows, 6, generator=g)},
-                     targets=torch.stack([torch.randint(0, 2, (rows,), generator=g).float(), torch.randn(rows, generator=g)], 1),
-                     masks=torch.ones(rows, 2, dtype=torch.bool), routing_ids=ids)
-
-    return MultiTaskData("tabular", [Task("a", "binary"), Task("b", "regression")], split(n), split(16), split(16),
-                         id_cardinalities=[N_IDS], n_routing_ids=N_IDS).validate()
 
 
 def image_data(n: int = 24) -> MultiTaskData:
