@@ -10,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+import moetune.config  # noqa: F401  (registers ${study_key:...}, which names each study's folder)
 from moetune.errors import MoetuneError
 
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from sklearn.datasets import load_digits
 
-from moetune.data import _overlay, load_dataset, multidigits, multimnist
+from moetune.data import _overlay, load_dataset, multidigits, multifashionmnist, multimnist
 from moetune.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,13 +30,12 @@ def _reference_overlay(top_left: np.ndarray, bottom_right: np.ndarray, shift: in
     return canvas
 
 
-@pytest.mark.parametrize("config, variant", [("multimnist.yaml", "mnist"), ("multifashionmnist.yaml", "fashion")])
-def test_mnist_yaml_files(config, variant):
+@pytest.mark.parametrize("config, loader", [("multimnist.yaml", multimnist.load),
+                                            ("multifashionmnist.yaml", multifashionmnist.load)])
+def test_mnist_yaml_files(config, loader):
     conf = yaml.safe_load((REPO / "conf/dataset" / config).read_text())
-    defaults = {n: p.default for n, p in inspect.signature(multimnist.load).parameters.items()}
-    assert conf.pop("name") == "multimnist"
-    assert conf.pop("variant") == variant
-    defaults.pop("variant")
+    defaults = {n: p.default for n, p in inspect.signature(loader).parameters.items()}
+    assert conf.pop("name") == config.removesuffix(".yaml")
     assert conf == defaults
     assert conf["n_train"] == 100_000 and conf["n_val"] == 20_000 and conf["n_test"] == 20_000
 

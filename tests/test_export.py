@@ -17,12 +17,15 @@ N_RANDOM, N_TPE = 8, 5
 RESAMPLES = 200
 
 
-def _make_study(client, exp_id, *, gate, ls, sampler, seed, trials, dataset="synthetic"):
+def _make_study(client, exp_id, *, gate, ls, sampler, seed, trials, dataset="synthetic", weights=None):
     """trials: list of dicts (metrics) in trial-index order; a dict with "failed" makes a FAILED run."""
-    key = f"{gate}/{ls}/{dataset}/{sampler}/{seed}"
-    parent = client.create_run(exp_id, run_name=key, tags={
-        schema.ROLE: schema.STUDY, schema.GATE: gate, schema.LOCAL_SEARCH: ls, schema.DATASET: dataset,
-        schema.SAMPLER: sampler, schema.SEED: str(seed), schema.STUDY_KEY: key, schema.SWEEP: SWEEP})
+    key = f"{gate}/{ls}/{dataset}/{sampler}/{seed}" + (f"/{weights}" if weights else "")
+    tags = {schema.ROLE: schema.STUDY, schema.GATE: gate, schema.LOCAL_SEARCH: ls, schema.DATASET: dataset,
+            schema.SAMPLER: sampler, schema.SEED: str(seed), schema.STUDY_KEY: key, schema.SWEEP: SWEEP,
+            schema.HEADLINE_METRIC: "test_watch_auc"}
+    if weights:
+        tags[schema.TASK_WEIGHTS] = weights
+    parent = client.create_run(exp_id, run_name=key, tags=tags)
     pid = parent.info.run_id
     # create children in reverse order: the exporter must order them by TRIAL_INDEX, not by creation
     for i in reversed(range(len(trials))):
@@ -60,8 +63,11 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     data = {}
     for gate in ("topk", "comet"):
-        for ls, shift in (("on", 0.1), ("off", 0.0)):
-            trials = _random_trials(rng, N_RANDOM, shift, failed_at=3 if (gate, ls) == ("topk", "off") else None)
+        for ls, shift in (("on", 0.1), ("off", 0.0), ("warmup", 0.05)):
+            if ls == "warmup" and gate == "comet":
+                continue  # the control arm for one gate only
+            draws = np.random.default_rng(1) if ls == "warmup" else rng  # keeps the other studies' draws
+            trials = _random_trials(draws, N_RANDOM, shift, failed_at=3 if (gate, ls) == ("topk", "off") else None)
             # an interrupted trial (KILLED) is left out: not a failure, a re-run redoes it
             killed = [{"killed": True, schema.WALL_SECONDS: 1.0}] if (gate, ls) == ("comet", "on") else []
             _make_study(client, exp_id, gate=gate, ls=ls, sampler="random", seed=0, trials=trials + killed)
@@ -97,13 +103,13 @@ def _read_csv(path):
 def exported(store, tmp_path_factory):
     uri, _, _ = store
     out = tmp_path_factory.mktemp("out") / "export"
-    files = export.export_sweep(uri, SWEEP, out, resamples=RESAMPLES, seed=0)
-    return files, out
+    result = export.export_sweep(uri, SWEEP, out, resamples=RESAMPLES, seed=0)
+    return result.files, out
 
 
 def test_files_written(exported):
     files, out = exported
-    expected = {"curves.csv", "reductions.csv", "summary.md", "budget_curves.html"} | {
+    expected = {"curves.csv", "reductions.csv", "top_trials.csv", "summary.md", "budget_curves.html"} | {
         f"budget_{m}{x}.{ext}" for m in ("test_loss", "test_watch_auc") for x in ("", "_compute")
         for ext in ("png", "svg")}
     assert set(files) == expected
@@ -111,11 +117,12 @@ def test_files_written(exported):
     png = files["budget_test_loss.png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     svg = files["budget_test_watch_auc.svg"].read_text()
-    assert "<svg" in svg and "tuning budget (trials)" in svg and "Top-k + local search" in svg
+    assert "<svg" in svg and "tuning budget (trials)" in svg and "Top-k, local search" in svg
+    assert "Top-k, uniform warm-up (control)" in svg and "Top-k, no local search" in svg
     assert "test_watch_auc (higher is better)" in svg
     compute = files["budget_test_loss_compute.svg"].read_text()
     assert "tuning budget (compute seconds)" in compute and "tuning budget (trials)" not in compute
-    assert "Top-k + local search" in compute
+    assert "Top-k, local search" in compute
     assert files["budget_test_watch_auc_compute.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = files["budget_curves.html"].read_text()
     assert len(html) > 1_000_000  # plotly.js embedded: viewable offline
@@ -129,8 +136,8 @@ def test_csv_matches_budget_module(exported, store):
     _, _, data = store
     rows = _read_csv(files["curves.csv"])
     assert list(rows[0].keys()) == export.CSV_COLUMNS
-    # 2 metrics x (4 random curves of 8 budgets + 2 tpe curves of 5 budgets)
-    assert len(rows) == 2 * (4 * N_RANDOM + 2 * N_TPE)
+    # 2 metrics x (5 random curves of 8 budgets + 2 tpe curves of 5 budgets)
+    assert len(rows) == 2 * (5 * N_RANDOM + 2 * N_TPE)
     for metric in ("test_loss", "test_watch_auc"):
         for gate in ("topk", "comet"):
             for ls in ("on", "off"):
@@ -156,12 +163,13 @@ def test_csv_matches_budget_module(exported, store):
     assert float(failed[0]["p_no_model"]) == pytest.approx(1 / N_RANDOM)
 
 
-def _reduction_rows(text, metric, gate_label):
+def _reduction_rows(text, metric, gate_label, arm="local search"):
     """The reduction table's rows under one gate's heading, as lists of cells."""
     section = text.split(f"## {metric} ")[1].split("\n## ")[0]
     section = section.split(f"### {gate_label} — synthetic")[1].split("\n### ")[0]
-    table = section.split("| target (on-curve at n) | q | n_on | n_off | reduction [90% interval] |")[1]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:] if line.startswith("|")]
+    table = section.split("| arm | target (arm's curve at n) | q | n_arm | n_off | reduction [90% interval] |")[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:] if line.startswith("|")]
+    return [r[1:] for r in rows if r[0] == arm]
 
 
 def test_summary(exported, store):
@@ -173,7 +181,7 @@ def test_summary(exported, store):
     t_on = _trials(data[("topk", "on", "random")][0], "test_loss")
     t_off = _trials(data[("topk", "off", "random")][0], "test_loss")
     on_curve = budget.expected_best_curve(t_on.val, t_on.test)
-    row = next(line for line in text.splitlines() if line.startswith("| Top-k + local search |"))
+    row = next(line for line in text.splitlines() if line.startswith("| Top-k, local search |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == f"{budget.expected_best_curve(t_on.val, t_on.test, replacement=False)[-1]:.4g}"  # best
     assert cells[4] == f"{on_curve[0]:.4g}"  # n = 1
@@ -184,18 +192,28 @@ def test_summary(exported, store):
         red = budget.reduction_factor(t_on, t_off, at=n, resamples=RESAMPLES, seed=0)
         assert row[1] == f"{red.q:.4g}" and row[2] == str(red.n_on)
         if red.censored:
-            assert row[3] == f"> {N_RANDOM}" and row[4] == f"> {red.lower_bound:g}"
+            assert row[3] == f"> {N_RANDOM}" and row[4].startswith(f"> {red.lower_bound:.3g}x (censored")
         else:
             assert row[3] == str(red.n_off)
-            assert row[4] == f"{red.factor:.3g} [{budget._fmt_bound(red.low)}, {budget._fmt_bound(red.high)}]"
+            assert row[4].startswith(f"{red.factor:.3g}x [90% interval {budget._fmt_bound(red.low)}, "
+                                     f"{budget._fmt_bound(red.high)}")
+            assert row[4].endswith("; censored above]" if np.isinf(red.high) else "]")
+    t_warm = _trials(data[("topk", "warmup", "random")][0], "test_loss")
+    warm_rows = _reduction_rows(text, "test_loss", "Top-k", arm="uniform warm-up (control)")
+    assert [r[0] for r in warm_rows] == ["n = 1", "n = 2", "n = 5"]
+    for row, n in zip(warm_rows, (1, 2, 5)):
+        red = budget.reduction_factor(t_warm, t_off, at=n, resamples=RESAMPLES, seed=0)
+        assert row[1] == f"{red.q:.4g}" and row[2] == str(red.n_on)
+    assert _reduction_rows(text, "test_loss", "COMET", arm="uniform warm-up (control)") == []
     # TPE: from the running-best curves, no interval; censored here since off never reaches on's n=1
     tpe = [budget.running_best_curve([_trials(s, "test_loss") for s in data[("hash", ls, "tpe")]]) for ls in ("on", "off")]
     red = budget.reduction_factor(*tpe)
     assert red.censored
     row = _reduction_rows(text, "test_loss", "Hash")[0]
-    assert row == ["n = 1", f"{red.q:.4g}", str(red.n_on), f"> {N_TPE}", f"> {red.lower_bound:g}"]
-    assert "Top-k + local search (TPE, running best)" not in text  # hash gate is not Top-k
-    assert "Hash + local search (TPE, running best)" in text
+    assert row[:4] == ["n = 1", f"{red.q:.4g}", str(red.n_on), f"> {N_TPE}"]
+    assert row[4].startswith(f"> {red.lower_bound:.3g}x (censored")
+    assert "Top-k, local search (TPE, running best)" not in text  # hash gate is not Top-k
+    assert "Hash, local search (TPE, running best)" in text
 
 
 def test_reductions_csv_matches_budget_module(exported, store):
@@ -203,8 +221,10 @@ def test_reductions_csv_matches_budget_module(exported, store):
     _, _, data = store
     rows = _read_csv(files["reductions.csv"])
     assert list(rows[0].keys()) == export.REDUCTION_COLUMNS
-    # 2 metrics x (topk, comet random + hash tpe) x targets n = 1, 2, 5 (10 > N_on)
-    assert len(rows) == 2 * 3 * 3
+    # 2 metrics x (topk on + warmup, comet on random; hash on tpe) x targets n = 1, 2, 5 (10 > N_on)
+    assert len(rows) == 2 * 4 * 3
+    assert {r["arm"] for r in rows if r["gate"] == "topk"} == {"on", "warmup"}
+    rows = [r for r in rows if r["arm"] == "on"]
     n_censored = 0
     for metric in ("test_loss", "test_watch_auc"):
         up = metric.endswith("auc")
@@ -219,8 +239,8 @@ def test_reductions_csv_matches_budget_module(exported, store):
             for r in got:
                 want = budget.reduction_factor(on, off, at=int(r["at_n"]), test_higher_is_better=up,
                                                resamples=RESAMPLES, seed=0)
-                assert float(r["q"]) == want.q and int(r["n_on"]) == want.n_on
-                assert r["censored"] == str(want.censored)
+                assert float(r["q"]) == want.q and int(r["n_arm"]) == want.n_on
+                assert r["censored"] == str(want.censored or bool(np.isposinf(want.high)))
                 if want.censored:  # lower bounds: n_off = N_off, factor = N_off / n_on
                     n_censored += 1
                     assert int(r["n_off"]) == want.n_off_max and float(r["factor"]) == want.lower_bound
@@ -241,7 +261,7 @@ def test_compute_axis_of_interactive_figure(exported, store):
     results = export._curves(studies, ["test_loss"], "best_val_loss", 0, 0, 0.9)
     fig = export._figure_plotly(results, "test_loss", 0.9, x="compute")
     lines = {t.name: t for t in fig.data if t.name}
-    assert len(lines) == 6
+    assert len(lines) == 7
     for r in results:
         trace = lines[export._label(r.gate, r.local_search, r.sampler)]
         np.testing.assert_allclose(trace.x, r.curve.compute_seconds)
@@ -263,7 +283,7 @@ def test_artifacts_logged_on_export_run(exported, store):
 def test_metric_and_filter(store, tmp_path):
     uri, _, _ = store
     files = export.export_sweep(uri, SWEEP, tmp_path / "o", metric="test_watch_auc", filters=["gate=topk"],
-                                resamples=20, log_to_mlflow=False)
+                                resamples=20, log_to_mlflow=False).files
     rows = _read_csv(files["curves.csv"])
     assert {r["metric"] for r in rows} == {"test_watch_auc"} and {r["gate"] for r in rows} == {"topk"}
     assert "budget_test_loss.png" not in files

@@ -1,12 +1,14 @@
 """``moetune export``: a sweep's trials from MLflow -> budget-vs-quality curves, figures, summary.
 
 Reads the studies (parent runs, ROLE=study) and trials (child runs, ROLE=trial) of one sweep
-experiment, builds one curve per (gate, local search, dataset, sampler) and test metric, and
-writes into the output folder: curves.csv; reductions.csv (budget reduction factor of local
-search at several target qualities); per metric a figure against trials (budget_<metric>) and
-one against expected cumulative compute seconds (budget_<metric>_compute), as PNG and SVG; one
-self-contained interactive HTML page; summary.md. Then it logs the same files on a run tagged
-ROLE=export.
+experiment, builds one curve per (gate, local search arm, dataset, task weights, sampler) and test
+metric, and writes into the output folder: curves.csv; reductions.csv (budget reduction factor of
+local search, and of its warm-up control arm, at several target qualities); top_trials.csv (the
+paper's own reporting: mean test metric of the top 5% of trials by validation loss, with its
+standard error); per metric a figure against trials (budget_<metric>) and one against expected
+cumulative compute seconds (budget_<metric>_compute), as PNG and SVG; one self-contained
+interactive HTML page; summary.md, which opens with the one-sentence answer. Then it logs the same
+files on the experiment's one run tagged ROLE=export (a new export replaces the previous one).
 
 Random-search studies of the same gate/local_search/dataset are pooled (their trials are
 independent draws from the same space, whatever the seed) and use the exact expected-max
@@ -38,12 +40,19 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_SELECTION = "best_val_loss"
 PARENT_RUN_ID = "mlflow.parentRunId"
 REPORT_BUDGETS = (1, 10, 100)
+HEADLINE_AT = 10  # the answer's target quality: the local-search curve's value at 10 trials
+TOP_FRACTION = 0.05  # the paper's reporting (supplement S1.3): top 5% of trials by validation loss
 GATE_LABELS = {"topk": "Top-k", "dselect_k": "DSelect-k", "comet": "COMET", "hash": "Hash", "softmax": "Softmax"}
+ARMS = ("on", "warmup")  # arms compared with local_search=off
+ARM_LABELS = {"on": "local search", "warmup": "uniform warm-up (control)", "off": "no local search"}
 _SAMPLER_TEXT = {"random": "random search", "tpe": "TPE"}
-REDUCTION_COLUMNS = ["gate", "dataset", "sampler", "metric", "at_n", "q", "n_on", "n_off", "factor", "low", "high",
-                     "censored"]
-CSV_COLUMNS = ["study", "gate", "local_search", "dataset", "sampler", "estimator", "metric", "higher_is_better",
-               "budget", "value", "low", "high", "compute_seconds", "p_no_model", "n_trials", "n_failed", "n_studies"]
+REDUCTION_COLUMNS = ["gate", "dataset", "task_weights", "sampler", "arm", "metric", "at_n", "q", "n_arm", "n_off",
+                     "factor", "low", "high", "censored"]
+CSV_COLUMNS = ["study", "gate", "local_search", "dataset", "task_weights", "sampler", "estimator", "metric",
+               "higher_is_better", "budget", "value", "low", "high", "compute_seconds", "p_no_model", "n_trials",
+               "n_failed", "n_studies"]
+TOP_COLUMNS = ["gate", "local_search", "dataset", "task_weights", "sampler", "metric", "n_finished", "n_top", "mean",
+               "stderr"]
 
 
 @dataclass
@@ -63,12 +72,12 @@ class _Study:
     def group(self) -> tuple:
         t = self.tags
         return (t.get(schema.GATE, "?"), t.get(schema.LOCAL_SEARCH, "?"), t.get(schema.DATASET, "?"),
-                t.get(schema.SAMPLER, "random"))
+                t.get(schema.TASK_WEIGHTS, "equal"), t.get(schema.SAMPLER, "random"))
 
 
 @dataclass
 class _Result:
-    """One curve: a (gate, local_search, dataset, sampler) group for one metric."""
+    """One curve: a (gate, local_search, dataset, task_weights, sampler) group for one metric."""
 
     group: tuple
     metric: str
@@ -80,7 +89,13 @@ class _Result:
     gate = property(lambda self: self.group[0])
     local_search = property(lambda self: self.group[1])
     dataset = property(lambda self: self.group[2])
-    sampler = property(lambda self: self.group[3])
+    task_weights = property(lambda self: self.group[3])
+    sampler = property(lambda self: self.group[4])
+
+    @property
+    def setting(self) -> tuple:
+        """What a figure row shows: the dataset and the task weighting."""
+        return self.dataset, self.task_weights
 
 
 # ---------------------------------------------------------------- reading MLflow
@@ -214,7 +229,7 @@ def _curves(studies, metrics, selection, resamples, seed, level) -> list[_Result
             if not members:
                 continue  # e.g. a metric of another dataset's task
             parts = [_trials_of(s, selection, metric) for s in members]
-            if group[3] == "random":
+            if group[4] == "random":
                 trials = _pool(parts)
                 curve = budget.budget_curve(trials.val, trials.test, failed=trials.failed, seconds=trials.seconds,
                                             val_higher_is_better=val_up, resamples=resamples, level=level,
@@ -231,32 +246,117 @@ def _curves(studies, metrics, selection, resamples, seed, level) -> list[_Result
 
 
 def _reductions(results: list[_Result], val_up: bool, resamples: int, seed: int, level: float) -> dict:
-    """Reduction factors of local search per (metric, dataset, gate, sampler) where on and off both exist.
+    """Reduction factors of each arm (local search, warm-up control) over "off", keyed by
+    (metric, dataset, task_weights, gate, sampler, arm) where both exist.
 
-    Each value is a list of budget.Reduction, one per target n in budget.REDUCTION_AT (<= N_on).
+    Each value is a list of budget.Reduction, one per target n in budget.REDUCTION_AT (<= N_arm)
+    plus HEADLINE_AT.
     """
-    by = {(r.metric, r.dataset, r.gate, r.sampler, r.local_search): r for r in results}
+    by = {(r.metric, r.dataset, r.task_weights, r.gate, r.sampler, r.local_search): r for r in results}
+    ats = sorted(set(budget.REDUCTION_AT) | {HEADLINE_AT})
     out = {}
-    for (metric, dataset, gate, sampler, ls), on in by.items():
-        off = by.get((metric, dataset, gate, sampler, "off"))
-        if ls != "on" or off is None:
+    for (metric, dataset, weights, gate, sampler, arm), res in by.items():
+        off = by.get((metric, dataset, weights, gate, sampler, "off"))
+        if arm not in ARMS or off is None:
             continue
         up = schema.higher_is_better(metric)
         if sampler == "random":
-            red = budget.reduction_factors(on.trials, off.trials, test_higher_is_better=up,
+            red = budget.reduction_factors(res.trials, off.trials, at=ats, test_higher_is_better=up,
                                            val_higher_is_better=val_up, resamples=resamples, level=level, seed=seed)
         else:
-            red = budget.reduction_factors(on.curve, off.curve, test_higher_is_better=up, level=level)
-        out[(metric, dataset, gate, sampler)] = red
+            red = budget.reduction_factors(res.curve, off.curve, at=ats, test_higher_is_better=up, level=level)
+        out[(metric, dataset, weights, gate, sampler, arm)] = red
     return out
+
+
+@dataclass
+class _Top:
+    """The paper's reporting for one group and metric: the top 5% of finished trials by validation."""
+
+    result: _Result
+    n_finished: int
+    n_top: int
+    mean: float
+    stderr: float
+
+
+def _top_trials(results: list[_Result], val_up: bool) -> list[_Top]:
+    """Mean test metric of the top ceil(5%) of finished trials by the selection metric (at least one),
+    and its standard error (sample std / sqrt(count); undefined for one trial). Seeds of a group pooled."""
+    out = []
+    for r in results:
+        parts = r.trials if isinstance(r.trials, list) else [r.trials]
+        val = np.concatenate([p.val[~p.failed] for p in parts])
+        test = np.concatenate([p.test[~p.failed] for p in parts])
+        n_top = max(1, math.ceil(TOP_FRACTION * val.size))
+        order = np.argsort(-val if val_up else val, kind="stable")[:n_top]
+        top = test[order]
+        stderr = float(top.std(ddof=1) / math.sqrt(n_top)) if n_top > 1 else math.nan
+        out.append(_Top(r, int(val.size), n_top, float(top.mean()), stderr))
+    return out
+
+
+# ---------------------------------------------------------------- the answer
+
+def _weights_text(weights: str) -> str:
+    return "" if weights == "equal" else f", task weights {weights.replace('_', ', ')}"
+
+
+def _setting_text(dataset: str, weights: str) -> str:
+    return dataset + _weights_text(weights)
+
+
+def _factor_text(r: budget.Reduction) -> str:
+    """'3.2x [90%: 1.1, 8]', '> 6.4x (censored)', with an unbounded interval marked censored."""
+    if r.n_on is None:
+        return "n/a (target not reached)"
+    if r.censored:
+        return f"> {r.lower_bound:.3g}x (censored: without local search the target is never reached)"
+    text = f"{r.factor:.3g}x"
+    if np.isfinite(r.low) or np.isfinite(r.high):
+        text += f" [{r.level:.0%} interval {budget._fmt_bound(r.low)}, {budget._fmt_bound(r.high)}"
+        text += "; censored above]" if np.isposinf(r.high) else "]"
+    return text
+
+
+def _headline_metric(studies: list[_Study], metrics: list[str]) -> str:
+    """The metric the answer is given in: the studies' headline tag (first task's test metric)."""
+    for s in studies:
+        m = s.tags.get(schema.HEADLINE_METRIC)
+        if m in metrics:
+            return m
+    return next((m for m in metrics if m != "test_loss"), metrics[0])
+
+
+def _headline(reductions: dict, metric: str) -> tuple[str, list[str]]:
+    """(one sentence for summary.md, one line per gate for the terminal): local search's reduction factor
+    at the quality its curve reaches at HEADLINE_AT trials (or at its largest budget below that)."""
+    lines, clauses = [], []
+    for key in sorted(k for k in reductions if k[0] == metric and k[5] == "on"):
+        _, dataset, weights, gate, sampler, _ = key
+        reds = reductions[key]
+        r = next((x for x in reds if x.at == HEADLINE_AT), reds[-1] if reds else None)
+        if r is None:
+            continue
+        name = GATE_LABELS.get(gate, gate)
+        where = _setting_text(dataset, weights) + ("" if sampler == "random" else f", {sampler}")
+        target = f"{metric} {r.q:.4g}, what {r.at} trials reach with local search"
+        lines.append(f"{name} ({where}): budget reduction {_factor_text(r)} to reach {target}")
+        if r.factor is not None and r.factor < 1:
+            clauses.append(f"{name} on {where} needs {1 / r.factor:.3g}x more trials, not fewer, to reach {target} "
+                           f"(reduction {_factor_text(r)})")
+        else:
+            clauses.append(f"{name} on {where} needs {_factor_text(r)} fewer trials to reach {target}")
+    if not clauses:
+        return ("No gate has studies both with and without local search, so there is no reduction factor; "
+                "run local_search=on,off."), []
+    return "With permutation local search, " + "; ".join(clauses) + ".", lines
 
 
 # ---------------------------------------------------------------- writing
 
 def _label(gate: str, local_search: str, sampler: str) -> str:
-    text = GATE_LABELS.get(gate, gate)
-    if local_search == "on":
-        text += " + local search"
+    text = f"{GATE_LABELS.get(gate, gate)}, {ARM_LABELS.get(local_search, local_search)}"
     if sampler != "random":
         text += f" ({sampler.upper() if sampler == 'tpe' else sampler}, running best)"
     return text
@@ -278,35 +378,48 @@ def _write_csv(path: Path, results: list[_Result]) -> None:
             c = r.curve
             study = "+".join(s.key for s in r.studies)
             for j, n in enumerate(c.budgets):
-                w.writerow([study, r.gate, r.local_search, r.dataset, r.sampler, c.estimator, r.metric,
+                w.writerow([study, r.gate, r.local_search, r.dataset, r.task_weights, r.sampler, c.estimator, r.metric,
                             schema.higher_is_better(r.metric), int(n), _num(c.value[j]), _num(c.low[j]),
                             _num(c.high[j]), _num(c.compute_seconds[j]), _num(c.p_no_model[j]), c.n_trials,
                             c.n_failed, len(r.studies)])
 
 
 def _write_reductions_csv(path: Path, reductions: dict) -> None:
-    """One row per (gate, dataset, sampler, metric, target). A censored row (the off-curve never
-    reaches q) holds the lower bounds n_off = N_off and factor = N_off / n_on; low/high may be inf."""
+    """One row per (gate, dataset, weights, sampler, arm, metric, target). A censored row (the off-curve never
+    reaches q) holds the lower bounds n_off = N_off and factor = N_off / n_arm; low/high may be inf."""
     def num(x):
         return "" if x is None or np.isnan(x) else repr(float(x))
 
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(REDUCTION_COLUMNS)
-        for metric, dataset, gate, sampler in sorted(reductions, key=lambda k: (k[2], k[1], k[3], k[0])):
-            for r in reductions[(metric, dataset, gate, sampler)]:
+        for key in sorted(reductions, key=lambda k: (k[3], k[1], k[2], k[4], k[5], k[0])):
+            metric, dataset, weights, gate, sampler, arm = key
+            for r in reductions[key]:
                 n_off = r.n_off_max if r.censored else r.n_off
                 factor = r.lower_bound if r.censored else r.factor
-                w.writerow([gate, dataset, sampler, metric, r.at, num(r.q), "" if r.n_on is None else r.n_on,
-                            "" if n_off is None else n_off, num(factor), num(r.low), num(r.high), r.censored])
+                w.writerow([gate, dataset, weights, sampler, arm, metric, r.at, num(r.q),
+                            "" if r.n_on is None else r.n_on, "" if n_off is None else n_off, num(factor),
+                            num(r.low), num(r.high), r.censored or bool(np.isposinf(r.high))])
+
+
+def _write_top_csv(path: Path, tops: list[_Top]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(TOP_COLUMNS)
+        for t in tops:
+            r = t.result
+            w.writerow([r.gate, r.local_search, r.dataset, r.task_weights, r.sampler, r.metric, t.n_finished,
+                        t.n_top, _num(t.mean), _num(t.stderr)])
 
 
 def _panels(results: list[_Result], metric: str):
-    """Panel grid of one metric's figure: rows = datasets, columns = gates."""
-    mine = sorted((r for r in results if r.metric == metric), key=lambda r: (r.sampler, r.local_search != "on"))
-    datasets = sorted({r.dataset for r in mine})
+    """Panel grid of one metric's figure: rows = settings (dataset, task weights), columns = gates."""
+    order = {"on": 0, "warmup": 1, "off": 2}
+    mine = sorted((r for r in results if r.metric == metric), key=lambda r: (r.sampler, order.get(r.local_search, 3)))
+    settings = sorted({r.setting for r in mine})
     gates = sorted({r.gate for r in mine})
-    return mine, datasets, gates
+    return mine, settings, gates
 
 
 def _estimator_text(curves: Iterable[_Result], level: float) -> str:
@@ -319,14 +432,21 @@ def _estimator_text(curves: Iterable[_Result], level: float) -> str:
     return "; ".join(parts)
 
 
+ARM_COLORS = {"on": (31, 119, 180), "off": (255, 127, 14), "warmup": (44, 160, 44)}
+
+
 def _style(r: _Result):
-    color = "tab:blue" if r.local_search == "on" else "tab:orange"
-    dash = "-" if r.sampler == "random" else "--"
-    return color, dash
+    """(rgb 0..255, dashed?): the arm picks the color (on blue, off orange, warm-up green); TPE is dashed."""
+    return ARM_COLORS.get(r.local_search, (127, 127, 127)), r.sampler != "random"
 
 
 X_AXES = {"trials": ("budgets", "tuning budget (trials)"),
           "compute": ("compute_seconds", "tuning budget (compute seconds)")}
+
+
+def _title(metric: str, x: str, mine, level: float) -> str:
+    what = "trials" if x == "trials" else "compute: n x mean trial seconds"
+    return f"{metric}: budget ({what}) vs quality\n{_estimator_text(mine, level)}"
 
 
 def _figure_png_svg(results, metric, level, png: Path, svg: Path, x: str = "trials") -> None:
@@ -336,31 +456,31 @@ def _figure_png_svg(results, metric, level, png: Path, svg: Path, x: str = "tria
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     attr, xlabel = X_AXES[x]
-    mine, datasets, gates = _panels(results, metric)
-    fig = Figure(figsize=(4.6 * len(gates), 3.6 * len(datasets) + 0.6), layout="constrained")
-    axes = fig.subplots(len(datasets), len(gates), squeeze=False, sharey="row")
-    for i, ds in enumerate(datasets):
+    mine, settings, gates = _panels(results, metric)
+    fig = Figure(figsize=(max(5.2 * len(gates), 7.0), 3.9 * len(settings) + 1.0), layout="constrained")
+    axes = fig.subplots(len(settings), len(gates), squeeze=False, sharey="row")
+    for i, setting in enumerate(settings):
         for j, gate in enumerate(gates):
             ax = axes[i][j]
-            for r in (r for r in mine if r.dataset == ds and r.gate == gate):
+            for r in (r for r in mine if r.setting == setting and r.gate == gate):
                 c = r.curve
-                color, dash = _style(r)
+                rgb, dashed = _style(r)
+                color = tuple(v / 255 for v in rgb)
                 xs = getattr(c, attr)
-                ax.fill_between(xs, c.low, c.high, color=color, alpha=0.2, linewidth=0)
-                ax.plot(xs, c.value, dash, color=color, label=_label(r.gate, r.local_search, r.sampler))
+                ax.fill_between(xs, c.low, c.high, color=color, alpha=0.15, linewidth=0)
+                ax.plot(xs, c.value, "--" if dashed else "-", color=color, label=_label(r.gate, r.local_search, r.sampler))
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_title(f"{GATE_LABELS.get(gate, gate)} — {ds}")
+            ax.set_title(f"{GATE_LABELS.get(gate, gate)} — {_setting_text(*setting)}", fontsize="medium")
             ax.set_xlabel(xlabel)
             if j == 0:
                 ax.set_ylabel(_direction(metric))
             ax.grid(True, which="both", alpha=0.3)
             if ax.has_data():
                 ax.legend(fontsize="small")
-    what = "Budget" if x == "trials" else "Budget in compute (n x mean trial seconds)"
-    fig.suptitle(f"{what} vs quality: {_estimator_text(mine, level)}", fontsize="medium")
+    fig.suptitle(_title(metric, x, mine, level), fontsize="medium")
     fig.savefig(png, dpi=120)
     fig.savefig(svg)
 
@@ -370,33 +490,33 @@ def _figure_plotly(results, metric, level, x: str = "trials"):
     import plotly.graph_objects as go
 
     attr, xlabel = X_AXES[x]
-    mine, datasets, gates = _panels(results, metric)
-    fig = make_subplots(rows=len(datasets), cols=len(gates), shared_yaxes=True,
-                        subplot_titles=[f"{GATE_LABELS.get(g, g)} — {d}" for d in datasets for g in gates])
-    colors = {"tab:blue": "rgba(31,119,180,{})", "tab:orange": "rgba(255,127,14,{})"}
-    for i, ds in enumerate(datasets, start=1):
+    mine, settings, gates = _panels(results, metric)
+    fig = make_subplots(rows=len(settings), cols=len(gates), shared_yaxes=True,
+                        subplot_titles=[f"{GATE_LABELS.get(g, g)} — {_setting_text(*st)}" for st in settings for g in gates])
+    for i, setting in enumerate(settings, start=1):
         for j, gate in enumerate(gates, start=1):
-            for r in (r for r in mine if r.dataset == ds and r.gate == gate):
-                c, (color, dash) = r.curve, _style(r)
-                name = _label(r.gate, r.local_search, r.sampler)
+            for r in (r for r in mine if r.setting == setting and r.gate == gate):
+                c, (rgb, dashed) = r.curve, _style(r)
+                rgba = "rgba({},{},{},{{}})".format(*rgb)
+                name = _label(r.gate, r.local_search, r.sampler) + (f" ({_setting_text(*setting)})" if len(settings) > 1 else "")
                 xs = getattr(c, attr).tolist()
                 fig.add_trace(go.Scatter(x=xs, y=c.high.tolist(), mode="lines", line=dict(width=0),
                                          showlegend=False, hoverinfo="skip", legendgroup=name), row=i, col=j)
                 fig.add_trace(go.Scatter(x=xs, y=c.low.tolist(), mode="lines", line=dict(width=0), fill="tonexty",
-                                         fillcolor=colors[color].format(0.2), showlegend=False,
+                                         fillcolor=rgba.format(0.15), showlegend=False,
                                          hoverinfo="skip", legendgroup=name), row=i, col=j)
                 custom = np.stack([c.low, c.high, c.compute_seconds, c.budgets], axis=1).tolist()
                 fig.add_trace(go.Scatter(x=xs, y=c.value.tolist(), mode="lines", name=name, legendgroup=name,
-                                         line=dict(color=colors[color].format(1),
-                                                   dash="solid" if dash == "-" else "dash"),
+                                         line=dict(color=rgba.format(1), dash="dash" if dashed else "solid"),
                                          customdata=custom,
-                                         hovertemplate=("n=%{customdata[3]}: %{y:.4g} [%{customdata[0]:.4g}, "
-                                                        "%{customdata[1]:.4g}], %{customdata[2]:.0f} s")),
+                                         hovertemplate=(name + "<br>n=%{customdata[3]}: %{y:.4g} [%{customdata[0]:.4g}, "
+                                                        "%{customdata[1]:.4g}], %{customdata[2]:.0f} s<extra></extra>")),
                               row=i, col=j)
             fig.update_xaxes(type="log", title_text=xlabel, row=i, col=j)
         fig.update_yaxes(title_text=_direction(metric), row=i, col=1)
-    fig.update_layout(title=f"{metric} — budget ({x}) vs quality: {_estimator_text(mine, level)}",
-                      height=380 * len(datasets) + 120, width=max(700, 480 * len(gates)))
+    fig.update_layout(title=dict(text=_title(metric, x, mine, level).replace("\n", "<br>"), font=dict(size=15)),
+                      margin=dict(t=110), height=380 * len(settings) + 160, width=max(760, 520 * len(gates)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
     return fig
 
 
@@ -411,57 +531,74 @@ def _fmt(x: float) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
-def _reduction_table(reds: list, sampler: str, level: float) -> list[str]:
-    """Markdown table of one gate's reductions, one row per target budget of the on-curve."""
-    lines = ["", f"Budget reduction factor of local search ({_SAMPLER_TEXT.get(sampler, sampler)}):", "",
-             f"| target (on-curve at n) | q | n_on | n_off | reduction [{level:.0%} interval] |",
-             "|---|---|---|---|---|"]
-    for r in reds:
-        if r.n_on is None:
-            n_off, text = "—", "— (q not reached)"
-        elif r.censored:
-            n_off, text = f"> {r.n_off_max}", f"> {r.lower_bound:g}"
-        else:
-            n_off, text = str(r.n_off), f"{r.factor:.3g}"
-            if np.isfinite(r.low) or np.isfinite(r.high):
-                text += f" [{budget._fmt_bound(r.low)}, {budget._fmt_bound(r.high)}]"
-        n_on = "—" if r.n_on is None else str(r.n_on)
-        lines.append(f"| n = {r.at} | {_fmt(r.q)} | {n_on} | {n_off} | {text} |")
+def _reduction_table(reds_by_arm: dict, sampler: str, level: float) -> list[str]:
+    """Markdown table of one gate's reductions over "off", one row per arm and target budget."""
+    lines = ["", f"Budget reduction factor over no local search ({_SAMPLER_TEXT.get(sampler, sampler)}):", "",
+             f"| arm | target (arm's curve at n) | q | n_arm | n_off | reduction [{level:.0%} interval] |",
+             "|---|---|---|---|---|---|"]
+    for arm, reds in reds_by_arm.items():
+        for r in reds:
+            n_off = "—" if r.n_on is None else (f"> {r.n_off_max}" if r.censored else str(r.n_off))
+            n_on = "—" if r.n_on is None else str(r.n_on)
+            lines.append(f"| {ARM_LABELS[arm]} | n = {r.at} | {_fmt(r.q)} | {n_on} | {n_off} | {_factor_text(r)} |")
     return lines + [""]
 
 
-def _write_summary(path: Path, experiment: str, results, reductions, selection: str, level: float) -> None:
-    lines = [f"# Budget vs quality — {experiment}", "",
+def _top_table(tops: list[_Top], metric: str) -> list[str]:
+    mine = [t for t in tops if t.result.metric == metric]
+    if not mine:
+        return []
+    lines = [f"Top {TOP_FRACTION:.0%} of trials by validation loss (the paper's reporting, supplement S1.3): "
+             "mean test metric ± standard error.", "",
+             "| gate | arm | setting | finished trials | top trials | mean | ± s.e. |", "|---|---|---|---|---|---|---|"]
+    for t in sorted(mine, key=lambda t: (t.result.setting, t.result.gate, t.result.sampler, t.result.local_search)):
+        r = t.result
+        sampler = "" if r.sampler == "random" else f" ({r.sampler})"
+        lines.append(f"| {GATE_LABELS.get(r.gate, r.gate)}{sampler} | {ARM_LABELS.get(r.local_search, r.local_search)} | "
+                     f"{_setting_text(*r.setting)} | {t.n_finished} | {t.n_top} | {_fmt(t.mean)} | {_fmt(t.stderr)} |")
+    return lines + [""]
+
+
+def _write_summary(path: Path, experiment: str, answer: str, results, reductions, tops, selection: str,
+                   level: float) -> None:
+    lines = [f"# Budget vs quality — {experiment}", "", f"**Answer.** {answer}", "",
              f"Selection by `{selection}`. Quality at n = expected test score of the trial a budget of n "
              "trials selects; \"best\" = the trial the whole study selects (mean over seeds for running best). "
-             f"Bands ({level:.0%}) are in curves.csv. Budget reduction factor of local search = "
-             "n_off(q) / n_on(q), the budgets the curves without and with it need to reach q = the "
-             "local-search curve's value at n; \"> N\": without local search the curve never reaches q "
-             "within its N trials (also in reductions.csv).", ""]
+             f"Bands ({level:.0%}) are in curves.csv. Budget reduction factor of an arm = n_off(q) / n_arm(q), "
+             "the budgets the curves without local search and with the arm need to reach q = the arm's curve's "
+             "value at n; \"> N\" (censored): without local search the curve never reaches q within its N "
+             "trials; an interval whose upper end is ∞ is censored above (some resamples never reach q). "
+             "The uniform warm-up arm is the control: the same first E_perm epochs with the gates mixed by a "
+             "fixed uniform matrix instead of a learned permutation.", ""]
     for metric in sorted({r.metric for r in results}):
         lines += [f"## {_direction(metric)}", ""]
         mine = [r for r in results if r.metric == metric]
-        for ds in sorted({r.dataset for r in mine}):
-            for gate in sorted({r.gate for r in mine if r.dataset == ds}):
-                rows = [r for r in mine if r.dataset == ds and r.gate == gate]
-                lines += [f"### {GATE_LABELS.get(gate, gate)} — {ds}", "",
+        for setting in sorted({r.setting for r in mine}):
+            for gate in sorted({r.gate for r in mine if r.setting == setting}):
+                rows = [r for r in mine if r.setting == setting and r.gate == gate]
+                lines += [f"### {GATE_LABELS.get(gate, gate)} — {_setting_text(*setting)}", "",
                           "| curve | estimator | trials (failed) | best | " +
                           " | ".join(f"n = {n}" for n in REPORT_BUDGETS) + " |",
                           "|---|---|---|---|" + "---|" * len(REPORT_BUDGETS)]
-                for r in sorted(rows, key=lambda r: (r.sampler, r.local_search != "on")):
+                order = {"on": 0, "warmup": 1, "off": 2}
+                for r in sorted(rows, key=lambda r: (r.sampler, order.get(r.local_search, 3))):
                     c = r.curve
                     cells = [_fmt(c.at(n)) if n <= c.budgets.max() else "—" for n in REPORT_BUDGETS]
                     lines.append(f"| {_label(r.gate, r.local_search, r.sampler)} | {c.estimator} | "
                                  f"{c.n_trials} ({c.n_failed}) | {_fmt(r.best)} | " + " | ".join(cells) + " |")
                 lines.append("")
                 for sampler in sorted({r.sampler for r in rows}):
-                    reds = reductions.get((metric, ds, gate, sampler))
-                    if reds:
-                        lines += _reduction_table(reds, sampler, level)
+                    by_arm = {arm: reductions[(metric, setting[0], setting[1], gate, sampler, arm)] for arm in ARMS
+                              if reductions.get((metric, setting[0], setting[1], gate, sampler, arm))}
+                    if by_arm:
+                        lines += _reduction_table(by_arm, sampler, level)
+        lines += _top_table(tops, metric)
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
 def _log_run(client, exp, files: dict, params: dict) -> str:
+    """Log the files on a new export run, then delete the experiment's older export runs: one per experiment."""
+    old = _runs(client, exp.experiment_id, EXPORT)
     run = client.create_run(exp.experiment_id, run_name="export",
                             tags={schema.ROLE: EXPORT, schema.SWEEP: exp.name})
     try:
@@ -470,18 +607,34 @@ def _log_run(client, exp, files: dict, params: dict) -> str:
         for path in files.values():
             client.log_artifact(run.info.run_id, str(path))
     except Exception:
-        client.set_terminated(run.info.run_id, "FAILED")
+        client.delete_run(run.info.run_id)
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
+    for previous in old:
+        client.delete_run(previous.info.run_id)
     return run.info.run_id
 
 
 # ---------------------------------------------------------------- entry points
 
+@dataclass
+class Export:
+    """What an export wrote and what it found: the files, and the answer (one line per gate)."""
+
+    files: dict
+    answer: str
+    lines: list
+    metric: str
+
+    @property
+    def folder(self) -> Path:
+        return next(iter(self.files.values())).parent
+
+
 def export_sweep(tracking_uri: str, experiment_name: str, out_dir=None, *, metric: str | None = None,
                  filters=None, selection: str = DEFAULT_SELECTION, resamples: int = 1000, seed: int = 0,
-                 level: float = 0.9, log_to_mlflow: bool = True) -> dict[str, Path]:
-    """Export one sweep; returns {file name: path} of the files written.
+                 level: float = 0.9, log_to_mlflow: bool = True) -> Export:
+    """Export one sweep; returns the files written and the answer.
 
     ``filters`` (mapping or "KEY=VALUE" strings) keep studies whose tags match. Every check runs
     before anything is written; files are rendered in a temp folder and moved into ``out_dir``
@@ -501,15 +654,22 @@ def export_sweep(tracking_uri: str, experiment_name: str, out_dir=None, *, metri
     metrics = _metrics(studies, metric)
     results = _curves(studies, metrics, selection, resamples, seed, level)
     reductions = _reductions(results, val_up, resamples, seed, level)
+    tops = _top_trials(results, val_up)
+    headline = _headline_metric(studies, metrics)
+    answer, lines = _headline(reductions, headline)
 
     out_dir = Path(out_dir) if out_dir is not None else Path("sweeps") / experiment_name / "export"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        names = ["curves.csv", "reductions.csv", "summary.md"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    except OSError as exc:
+        raise ConfigError(f"cannot write the export to {out_dir} ({exc.strerror}); pass --out <writable folder>") from None
+    try:
+        names = ["summary.md", "curves.csv", "reductions.csv", "top_trials.csv"]
         _write_csv(tmp / "curves.csv", results)
         _write_reductions_csv(tmp / "reductions.csv", reductions)
-        _write_summary(tmp / "summary.md", experiment_name, results, reductions, selection, level)
+        _write_top_csv(tmp / "top_trials.csv", tops)
+        _write_summary(tmp / "summary.md", experiment_name, answer, results, reductions, tops, selection, level)
         figures = []
         for m in metrics:
             for x, stem in (("trials", f"budget_{m}"), ("compute", f"budget_{m}_compute")):
@@ -527,7 +687,16 @@ def export_sweep(tracking_uri: str, experiment_name: str, out_dir=None, *, metri
         _log_run(client, exp, files, {"metrics": ",".join(metrics), "selection": selection,
                                       "resamples": resamples, "seed": seed, "level": level,
                                       "filters": ",".join(f"{k}={v}" for k, v in filters.items()) or "-"})
-    return files
+    return Export(files, answer, lines, headline)
+
+
+def print_answer(export: Export) -> None:
+    """What a user reads at the end of a sweep or an export: where the files are and the answer per gate."""
+    print(f"export: {export.folder.resolve()} (summary.md, curves, figures, budget_curves.html)")
+    if not export.lines:
+        print(f"  {export.answer}")
+    for line in export.lines:
+        print(f"  {line}")
 
 
 def main(argv=None, prog: str = "moetune-export") -> int:
@@ -550,10 +719,10 @@ def main(argv=None, prog: str = "moetune-export") -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    folder = next(iter(files.values())).parent
-    print(f"wrote {len(files)} files to {folder}:")
-    for path in files.values():
+    print(f"wrote {len(files.files)} files to {files.folder}:")
+    for path in files.files.values():
         print(f"  {path}")
+    print_answer(files)
     return 0
 
 

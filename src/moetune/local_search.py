@@ -2,7 +2,7 @@
 
 During the first E_perm epochs P = Sinkhorn((L + noise * Gumbel) / tau) in log space, with tau annealed
 log-linearly 1e-3 -> 1e-7 and the Sinkhorn iterations linearly 20 -> 150 over the phase, plus an
-entropy penalty zeta * H(P). Then P is hardened by the Hungarian algorithm (maximising sum L_ij P_ij) and frozen. Evaluation always
+entropy penalty zeta * (H(P) + H(row-normalized P)), summed over the entries as in the authors' code. Then P is hardened by the Hungarian algorithm (maximising sum L_ij P_ij) and frozen. Evaluation always
 uses the hard permutation. Gates are untouched: g' = normalize(g P).
 """
 from __future__ import annotations
@@ -73,10 +73,13 @@ class PermutationLocalSearch(nn.Module):
             hard = self.hard if self.frozen else harden(self.log_weights)
             return hard, self.log_weights.new_zeros(())
         tau, n_iters = self.schedule()
-        u = torch.rand_like(self.log_weights).clamp_(1e-20, 1.0)
-        gumbel = -torch.log(-torch.log(u) + 1e-20)
+        gumbel = 0.0
+        if self.noise:
+            u = torch.rand_like(self.log_weights).clamp_(1e-20, 1.0)
+            gumbel = -torch.log(-torch.log(u) + 1e-20)
         soft = log_sinkhorn((self.log_weights + self.noise * gumbel) / tau, n_iters)
-        penalty = self.zeta * entropy(soft).sum()
+        rows = soft / soft.sum(-1, keepdim=True).clamp_min(1e-12)
+        penalty = self.zeta * (entropy(soft).sum() + entropy(rows).sum())
         return soft, penalty
 
     def freeze(self) -> None:
@@ -95,3 +98,39 @@ class PermutationLocalSearch(nn.Module):
         """g' = normalize(g P)."""
         permuted = weights @ matrix
         return permuted / permuted.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+class UniformMixingWarmup(nn.Module):
+    """The control arm of local search: for the first `e_perm` epochs every gate's weights are mixed by the
+    fixed uniform doubly-stochastic matrix (each expert gets 1/n), nothing is learned; then the gates run
+    unmixed. A gain that local search shows over this arm comes from the learned permutation, not from
+    training every expert densely in the first epochs. Same interface as PermutationLocalSearch."""
+
+    zeta = 0.0
+
+    def __init__(self, n_experts: int, e_perm: int = 5):
+        super().__init__()
+        self.n_experts = n_experts
+        self.e_perm = e_perm
+        self.register_buffer("is_hard", torch.tensor(False))
+        self.frozen = False
+        self.progress = 0.0
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "frozen", bool(module.is_hard)))
+
+    @property
+    def learning(self) -> bool:
+        return self.training and not self.frozen
+
+    def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uniform matrix while warming up (training only); the identity afterwards and at evaluation."""
+        eye = torch.eye(self.n_experts, device=self.is_hard.device)
+        if self.learning:
+            return torch.full_like(eye, 1.0 / self.n_experts), eye.new_zeros(())
+        return eye, eye.new_zeros(())
+
+    def freeze(self) -> None:
+        self.is_hard.fill_(True)
+        self.frozen = True
+
+    def permutation(self) -> list[int]:
+        return list(range(self.n_experts))

@@ -10,7 +10,7 @@ from moetune.data.base import MultiTaskData
 from moetune.errors import ConfigError
 from moetune.experts import CNNExperts, MLPExperts, mix
 from moetune.gates import Gate, build_gate, gate_class
-from moetune.local_search import PermutationLocalSearch
+from moetune.local_search import PermutationLocalSearch, UniformMixingWarmup
 
 
 @dataclass
@@ -38,10 +38,16 @@ class GateConfig:
 
 @dataclass
 class LocalSearchConfig:
+    """Permutation local search for the first e_perm epochs. mixing "uniform" is the control arm: the same
+    epochs with every gate's weights mixed by the fixed uniform doubly-stochastic matrix, nothing learned.
+    e_perm_fraction (the authors' code: int(fraction * max_epochs)) replaces e_perm when set."""
+
     enabled: bool = False
     e_perm: int = 5
     zeta: float = 1e-4
-    noise: float = 0.01
+    noise: float = 0.0  # Gumbel noise factor; the authors' configs use 0.0
+    mixing: str = "learned"  # learned | uniform
+    e_perm_fraction: float | None = None
 
 
 class SharedBottom(nn.Module):
@@ -51,6 +57,8 @@ class SharedBottom(nn.Module):
         super().__init__()
         shapes = data.input_shapes()
         self.embeddings = nn.ModuleList(nn.Embedding(card, cfg.embed_dim) for card in data.id_cardinalities)
+        for emb in self.embeddings:  # Keras' Embedding default, as in the authors' model (torch draws N(0, 1))
+            nn.init.uniform_(emb.weight, -0.05, 0.05)
         self.dense = None
         dim = cfg.embed_dim * len(self.embeddings)
         if "dense" in shapes:
@@ -109,10 +117,11 @@ class MMoE(nn.Module):
         self.gates = nn.ModuleList(
             build_gate(gate.name, self.bottom.out_dim, cfg.n_experts, k=gate.k, **gate_params) for _ in data.tasks
         )
-        self.local_search = (
-            PermutationLocalSearch(cfg.n_experts, local_search.e_perm, local_search.zeta, local_search.noise)
-            if local_search.enabled else None
-        )
+        self.local_search = None
+        if local_search.enabled and local_search.mixing == "uniform":
+            self.local_search = UniformMixingWarmup(cfg.n_experts, local_search.e_perm)
+        elif local_search.enabled:
+            self.local_search = PermutationLocalSearch(cfg.n_experts, local_search.e_perm, local_search.zeta, local_search.noise)
         self.heads = nn.ModuleList(_mlp(self.experts.out_dim, cfg.head_hidden, task.out_dim) for task in data.tasks)
 
     def use_sparse_compute(self, weights: list[torch.Tensor]) -> bool:
@@ -161,5 +170,7 @@ def validate_model_config(cfg: ModelConfig, gate: GateConfig, local_search: Loca
         raise ConfigError(f"model.embed_dim must be positive (got {cfg.embed_dim})")
     if not 0.0 <= cfg.expert_dropout < 1.0:
         raise ConfigError(f"model.expert_dropout must be in [0, 1) (got {cfg.expert_dropout})")
+    if local_search.mixing not in ("learned", "uniform"):
+        raise ConfigError(f"local_search.mixing must be learned or uniform (got {local_search.mixing!r})")
     if local_search.enabled and local_search.e_perm < 1:
         raise ConfigError(f"local_search.e_perm must be at least 1 (got {local_search.e_perm})")

@@ -20,11 +20,11 @@ import ray
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from moetune import schema
-from moetune.config import StudyConfig, load_study_config, training_configs
+from moetune.config import StudyConfig, load_study_config, training_configs, trial_seed, weights_label
 from moetune.data import load_dataset
 from moetune.errors import ConfigError, MoetuneError
 from moetune.tracking import StudyTracker, check_tracking_uri
@@ -145,12 +145,53 @@ def start_ray(tuner: dict) -> dict[str, float]:
     return resources
 
 
+class SeededTrials(Searcher):
+    """Gives every suggested trial its own seed, train.seed = trial_seed(study seed, trial number).
+
+    The seed travels in the trial's config, so it is logged with the sampled parameters and a re-run of
+    the trial with them reproduces it; the count of suggestions is saved with the searcher on resume."""
+
+    def __init__(self, searcher: Searcher, study_seed: int):
+        self.searcher, self.study_seed, self.suggested = searcher, study_seed, 0
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):
+        config = self.searcher.suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        config = {**config, "train.seed": trial_seed(self.study_seed, self.suggested)}
+        self.suggested += 1
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    # Ray saves a wrapper's own state (get_state) beside its base searcher's (save), and restores both
+    def get_state(self) -> dict:
+        return {"study_seed": self.study_seed, "suggested": self.suggested}
+
+    def set_state(self, state: dict) -> None:
+        self.study_seed, self.suggested = state["study_seed"], state["suggested"]
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+
 def make_searcher(study: StudyConfig) -> ConcurrencyLimiter:
     tuner = study.plain["tuner"]
     sampler = (optuna.samplers.RandomSampler(seed=tuner["sampler_seed"]) if tuner["sampler"] == "random"
                else optuna.samplers.TPESampler(seed=tuner["sampler_seed"]))
     search = OptunaSearch(space=study.search_space, metric=tuner["metric"], mode=tuner["mode"], sampler=sampler)
-    return ConcurrencyLimiter(search, max_concurrent=tuner["concurrency"])
+    return ConcurrencyLimiter(SeededTrials(search, study.plain["seed"]), max_concurrent=tuner["concurrency"])
 
 
 def run_study(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
@@ -170,8 +211,9 @@ def run_study(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
 
     tuner_cfg = plain["tuner"]
     tags = {schema.GATE: gate_cfg.name, schema.LOCAL_SEARCH: plain["local_search"]["name"],
-            schema.DATASET: plain["dataset"]["name"], schema.SAMPLER: tuner_cfg["sampler"],
-            schema.SEED: str(plain["seed"]), schema.SWEEP: plain["sweep"]["name"]}
+            schema.DATASET: plain["dataset"]["name"], schema.TASK_WEIGHTS: weights_label(train_cfg.task_weights),
+            schema.SAMPLER: tuner_cfg["sampler"], schema.SEED: str(plain["seed"]), schema.SWEEP: plain["sweep"]["name"],
+            schema.HEADLINE_METRIC: "test_" + tuner_cfg["metric"].removeprefix("val_")}
     tracker = StudyTracker(plain["tracking"]["uri"], plain["tracking"]["artifact_root"],
                            plain["tracking"]["experiment"], study.study_key, tags)
     tracker.log_study(study.search_space, OmegaConf.to_yaml(cfg, resolve=True))
@@ -217,15 +259,19 @@ def run_study(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
 
 
 class ExportOnMultirunEnd(HydraCallback):
-    """At the end of a multirun, write the sweep's budget-vs-quality curves (moetune export)."""
+    """At the end of a multirun, write the sweep's budget-vs-quality curves (moetune export) and print the
+    answer; when the export cannot run, say why and how to run it, and exit non-zero."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if not config.sweep.export:
             return
-        from moetune.export import export_sweep
+        from moetune.export import export_sweep, print_answer
 
         out = Path(config.hydra.sweep.dir) / "export"
+        experiment, uri = config.tracking.experiment, config.tracking.uri
         try:
-            export_sweep(config.tracking.uri, config.tracking.experiment, out)
+            print_answer(export_sweep(uri, experiment, out))
         except MoetuneError as exc:
-            print(f"export skipped: {exc}", file=sys.stderr)
+            print(f"error: export failed: {exc}\n  once fixed: moetune export --experiment {experiment} "
+                  f"--tracking-uri {uri} --out {out}", file=sys.stderr)
+            sys.exit(1)

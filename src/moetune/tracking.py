@@ -65,9 +65,12 @@ class StudyTracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = (Path(artifact_root).resolve() / experiment).as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location, tags={schema.EXPERIMENT_KIND: schema.MODEL_TRAINING})
         else:
             self.experiment_id = exp.experiment_id
+            if exp.tags.get(schema.EXPERIMENT_KIND) != schema.MODEL_TRAINING:
+                self.client.set_experiment_tag(self.experiment_id, schema.EXPERIMENT_KIND, schema.MODEL_TRAINING)
         parents = self._search(f"tags.`{schema.ROLE}` = '{schema.STUDY}' and tags.`{schema.STUDY_KEY}` = '{study_key}'")
         if parents:
             self.parent_id = parents[0].info.run_id
@@ -143,6 +146,8 @@ class StudyTracker:
         run_id = self.children[trial_id]
         now = int(time.time() * 1000)
         tags = [RunTag("permutation", json.dumps(diagnostics["permutation"]))] if "permutation" in diagnostics else []
+        if "init_digest" in diagnostics:
+            tags.append(RunTag("init_digest", diagnostics["init_digest"]))
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], tags=tags)
         self.client.log_dict(run_id, diagnostics, "diagnostics.json")
         self.client.set_terminated(run_id, "FINISHED")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,15 @@ class TrainResult:
         return out
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short fingerprint of a model's weights: trials of a study must start from different ones."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -106,6 +116,7 @@ class Trainer:
         self.device = resolve_device(train_cfg.device)
         torch.manual_seed(train_cfg.seed)
         self.model = MMoE(data, model_cfg, gate_cfg, ls_cfg).to(self.device)
+        self.init_digest = weights_digest(self.model)
         weights = train_cfg.task_weights or [1.0] * len(data.tasks)
         self.task_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.splits = {name: split.to(self.device) for name, split in data.splits.items()}
@@ -201,6 +212,7 @@ class Trainer:
         _, gates = self.predict(split_name)
         active = [(g != 0).float() for g in gates]
         diag = {
+            "init_digest": self.init_digest,
             "active_experts_mean": float(torch.stack([a.sum(1).mean() for a in active]).mean()),
             "active_experts_per_task": [float(a.sum(1).mean()) for a in active],
             "expert_load_per_task": [a.mean(0).tolist() for a in active],

@@ -4,6 +4,10 @@ Each internal node sends p = S_gamma(<z, x> + b) left and 1 - p right; a tree's 
 the product along its path. g = sum over trees of softmax over all (tree, leaf) of (a(x) + log P),
 folded onto the experts (leaf l -> expert l mod n when n is not a power of two). Entropy
 regularization drives each tree to a single leaf, so at most k experts stay active.
+
+Initialization and regularizer as in the authors' code: node weights and biases U(-gamma/100, gamma/100)
+(every node starts near 1/2), leaf scores U(-0.05, 0.05); the entropy of each tree's leaf distribution is
+summed over the k trees and averaged over the batch, times lambda (entropy_weight).
 """
 import math
 
@@ -25,8 +29,10 @@ class CometGate(Gate):
         self.n_leaves = 2**self.depth
         self.node_logits = nn.Linear(in_dim, k * (self.n_leaves - 1))
         self.leaf_scores = nn.Linear(in_dim, k * self.n_leaves)
-        nn.init.uniform_(self.node_logits.weight, -gamma / 100, gamma / 100)
-        nn.init.uniform_(self.node_logits.bias, -gamma / 2, gamma / 2)
+        for param in (self.node_logits.weight, self.node_logits.bias):
+            nn.init.uniform_(param, -gamma / 100, gamma / 100)
+        for param in (self.leaf_scores.weight, self.leaf_scores.bias):
+            nn.init.uniform_(param, -0.05, 0.05)
         self.register_buffer("leaf_to_expert", torch.arange(self.n_leaves) % n_experts)
 
     def leaf_probabilities(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +52,7 @@ class CometGate(Gate):
             weights = joint
         else:
             weights = joint.new_zeros(joint.shape[0], self.n_experts).index_add(1, self.leaf_to_expert, joint)
-        aux = self.entropy_weight * entropy(leaf_probs).mean()
+        aux = self.entropy_weight * entropy(leaf_probs).sum(1).mean()
         return GateOutput(weights, aux)
 
 

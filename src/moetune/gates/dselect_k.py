@@ -1,4 +1,9 @@
-"""DSelect-k (Hazimeh et al. 2021): k binary-encoded single-expert selectors mixed by a softmax."""
+"""DSelect-k (Hazimeh et al. 2021): k binary-encoded single-expert selectors mixed by a softmax.
+
+Initialization and regularizer as in the authors' code: selector weights and biases U(-gamma/100, gamma/100)
+(inside the smooth-step band, so gradients flow), mixing logits U(-0.05, 0.05); the selectors' entropies
+are summed over the k selectors and averaged over the batch, times entropy_weight.
+"""
 import math
 
 import torch
@@ -24,9 +29,10 @@ class DSelectKGate(Gate):
         self.register_buffer("code_to_expert", torch.arange(n_codes) % n_experts, persistent=False)
         self.selector_logits = nn.Linear(in_dim, k * self.n_bits)
         self.mix_logits = nn.Linear(in_dim, k)
-        # start inside the smooth-step band so gradients flow (as in the DSelect-k reference)
-        nn.init.uniform_(self.selector_logits.weight, -gamma / 100, gamma / 100)
-        nn.init.uniform_(self.selector_logits.bias, -gamma / 2, gamma / 2)
+        for param in (self.selector_logits.weight, self.selector_logits.bias):
+            nn.init.uniform_(param, -gamma / 100, gamma / 100)
+        for param in (self.mix_logits.weight, self.mix_logits.bias):
+            nn.init.uniform_(param, -0.05, 0.05)
 
     def forward(self, x, routing_ids=None):
         bits = smooth_step(self.selector_logits(x).view(-1, self.k, 1, self.n_bits), self.gamma)  # B x k x 1 x m
@@ -35,7 +41,7 @@ class DSelectKGate(Gate):
         # each selector's distribution over experts (B x k x n)
         selector = per_code.new_zeros(*per_code.shape[:2], self.n_experts).index_add(-1, self.code_to_expert, per_code)
         weights = (torch.softmax(self.mix_logits(x), -1).unsqueeze(-1) * selector).sum(1)
-        aux = self.entropy_weight * entropy(selector).mean()
+        aux = self.entropy_weight * entropy(selector).sum(1).mean()
         return GateOutput(weights, aux)
 
 

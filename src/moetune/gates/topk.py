@@ -10,6 +10,8 @@ class TopKGate(Gate):
     def __init__(self, in_dim: int, n_experts: int, k: int = 2, noisy: bool = False):
         super().__init__(in_dim, n_experts, k)
         self.linear = nn.Linear(in_dim, n_experts)
+        nn.init.xavier_uniform_(self.linear.weight)  # Keras' Dense default, as in the authors' gate
+        nn.init.zeros_(self.linear.bias)
         self.noise = nn.Linear(in_dim, n_experts) if noisy else None
         if noisy:
             nn.init.zeros_(self.noise.weight)
