@@ -40,7 +40,7 @@ def harden(weights: torch.Tensor) -> torch.Tensor:
 class PermutationLocalSearch(nn.Module):
     """Learns one n x n permutation of the experts during the first `e_perm` epochs, then freezes it."""
 
-    def __init__(self, n_experts: int, e_perm: int = 5, zeta: float = 1e-4, noise: float = 0.01):
+    def __init__(self, n_experts: int, e_perm: int = 5, zeta: float = 1e-4, noise: float = 0.0):
         super().__init__()
         self.n_experts = n_experts
         self.e_perm = e_perm

@@ -125,6 +125,7 @@ class Trainer:
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         cfg, model = self.cfg, self.model
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        torch.manual_seed(cfg.seed)  # dropout and noise draw from the global generator: same seed, same run
         generator = torch.Generator().manual_seed(cfg.seed)
         train = self.splits["train"]
         n_batches = math.ceil(len(train) / cfg.batch_size)
