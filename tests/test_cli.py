@@ -1,16 +1,24 @@
 """End to end through the real command line: Hydra multirun -> Ray Tune + Optuna -> MLflow (sqlite)."""
 from __future__ import annotations
 
+import csv
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, run_cli
 from moetune import schema
+from moetune.config import apply_sampled, load_study_config, training_configs
+from moetune.data import load_dataset
+from moetune.training import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +34,23 @@ def runs_of(client: MlflowClient, experiment: str, role: str, deleted: bool = Fa
     return client.search_runs([exp.experiment_id], f"tags.`{schema.ROLE}` = '{role}'", run_view_type=view, max_results=1000)
 
 
-def test_multirun_logs_studies_and_trials(workdir):
+def sweep_experiments(client: MlflowClient) -> list:
+    return [e for e in client.search_experiments() if e.name != "Default"]
+
+
+def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workdir):
+    """The README's main command with no sweep.name (only tiny sizes): one experiment, four studies, the
+    export and the answer printed; trials start from different initial weights, each one reproducible."""
     proc = run_cli(workdir, "-m", "gate=topk,hash", "local_search=on,off", "tuner.n_trials=3",
-                   "local_search.e_perm=1", "search_space.local_search.e_perm.high=2", "sweep.name=tiny", *TINY)
+                   "search_space.local_search.e_perm.high=2", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_for(workdir)
-    studies = runs_of(client, "tiny", schema.STUDY)
-    trials = runs_of(client, "tiny", schema.TRIAL)
+    experiments = sweep_experiments(client)
+    assert len(experiments) == 1, [e.name for e in experiments]
+    sweep = experiments[0].name
+    assert experiments[0].tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING  # the UI opens on the runs
+    studies = runs_of(client, sweep, schema.STUDY)
+    trials = runs_of(client, sweep, schema.TRIAL)
     assert len(studies) == 4 and len(trials) == 12
     combos = {(r.data.tags[schema.GATE], r.data.tags[schema.LOCAL_SEARCH]) for r in studies}
     assert combos == {("topk", "on"), ("topk", "off"), ("hash", "on"), ("hash", "off")}
@@ -40,6 +58,7 @@ def test_multirun_logs_studies_and_trials(workdir):
         tags = study.data.tags
         assert study.info.status == "FINISHED"
         assert tags[schema.DATASET] == "synthetic" and tags[schema.SAMPLER] == "random" and tags[schema.SEED] == "0"
+        assert tags[schema.TASK_WEIGHTS] == "equal" and tags[schema.SWEEP] == sweep
         assert tags[schema.VERSION] and tags[schema.GIT_COMMIT]
         assert "space.train.lr" in study.data.params
         assert ("space.local_search.e_perm" in study.data.params) == (tags[schema.LOCAL_SEARCH] == "on")
@@ -47,6 +66,8 @@ def test_multirun_logs_studies_and_trials(workdir):
         assert "config.yaml" in [a.path for a in client.list_artifacts(study.info.run_id)]
         children = [t for t in trials if t.data.tags["mlflow.parentRunId"] == study.info.run_id]
         assert sorted(int(t.data.tags[schema.TRIAL_INDEX]) for t in children) == [0, 1, 2]
+        assert len({t.data.params["train.seed"] for t in children}) == 3
+        assert len({t.data.tags["init_digest"] for t in children}) == 3, "trials share an initialization"
         for trial in children:
             assert trial.info.status == "FINISHED"
             assert "train.lr" in trial.data.params
@@ -61,8 +82,63 @@ def test_multirun_logs_studies_and_trials(workdir):
             assert len(history) >= 1 and min(h.value for h in history) == pytest.approx(m["best_val_loss"], rel=1e-5)
             assert ("permutation" in trial.data.tags) == (tags[schema.LOCAL_SEARCH] == "on")
             assert "diagnostics.json" in [a.path for a in client.list_artifacts(trial.info.run_id)]
-    export = workdir / "sweeps" / "tiny" / "export"
-    assert (export / "curves.csv").exists() and (export / "summary.md").exists()
+    # a trial re-run from the study's logged config and its logged parameters reproduces its metrics exactly
+    study = next(s for s in studies if s.data.tags[schema.LOCAL_SEARCH] == "on" and s.data.tags[schema.GATE] == "topk")
+    trial = next(t for t in trials if t.data.tags["mlflow.parentRunId"] == study.info.run_id)
+    config = yaml.safe_load(Path(client.download_artifacts(study.info.run_id, "config.yaml", str(workdir))).read_text())
+    sampled = {k: yaml.safe_load(v) for k, v in trial.data.params.items()}
+    base = load_study_config(OmegaConf.create(config)).plain
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(base["tuner"]["cpus_per_trial"]))  # as the trial ran: same float summation order
+    try:
+        rerun = Trainer(load_dataset(**base["dataset"]), *training_configs(apply_sampled(base, sampled))).fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert rerun.diagnostics["init_digest"] == trial.data.tags["init_digest"]
+    for key, value in rerun.test.items():
+        assert trial.data.metrics[key] == value, key
+    # the export: every file, the answer first in summary.md and printed per gate, one export run
+    export = workdir / "sweeps" / sweep / "export"
+    for name in ("curves.csv", "reductions.csv", "top_trials.csv", "summary.md", "budget_curves.html"):
+        assert (export / name).is_file(), name
+    with open(export / "reductions.csv") as f:
+        assert {(r["gate"], r["arm"]) for r in csv.DictReader(f)} == {("topk", "on"), ("hash", "on")}
+    assert (export / "summary.md").read_text().splitlines()[2].startswith("**Answer.** With permutation local search, ")
+    out = proc.stdout
+    assert f"export: {export.resolve()}" in out
+    assert sum(line.startswith(("  Top-k (synthetic): budget reduction", "  Hash (synthetic): budget reduction"))
+               for line in out.splitlines()) == 2, out[-2000:]
+    assert len(runs_of(client, sweep, "export")) == 1
+
+
+def test_task_weights_sweep_and_warmup_arm(workdir):
+    """Task weights are swept as study settings, never mixed inside a study; the warm-up arm runs and exports."""
+    proc = run_cli(workdir, "-m", "gate=topk", "local_search=off,warmup", "train.task_weights=[0.1,0.9],[0.9,0.1]",
+                   "tuner.n_trials=3", "search_space.local_search.e_perm.high=2", "sweep.name=tw", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_for(workdir)
+    studies = runs_of(client, "tw", schema.STUDY)
+    assert sorted((s.data.tags[schema.LOCAL_SEARCH], s.data.tags[schema.TASK_WEIGHTS]) for s in studies) == [
+        ("off", "0.1_0.9"), ("off", "0.9_0.1"), ("warmup", "0.1_0.9"), ("warmup", "0.9_0.1")]
+    for study in studies:
+        weights = [float(w) for w in study.data.tags[schema.TASK_WEIGHTS].split("_")]
+        assert study.data.tags[schema.STUDY_KEY].endswith(f"-tw{study.data.tags[schema.TASK_WEIGHTS]}-seed0")
+        children = [t for t in runs_of(client, "tw", schema.TRIAL) if t.data.tags["mlflow.parentRunId"] == study.info.run_id]
+        assert len(children) == 3
+        for trial in children:
+            assert "train.task_weights" not in trial.data.params
+            assert trial.data.tags[schema.TASK_WEIGHTS] == study.data.tags[schema.TASK_WEIGHTS]
+        config = yaml.safe_load(Path(client.download_artifacts(study.info.run_id, "config.yaml", str(workdir))).read_text())
+        assert config["train"]["task_weights"] == weights
+        assert (study.data.tags[schema.LOCAL_SEARCH] == "warmup") == ("space.local_search.e_perm" in study.data.params)
+    export = workdir / "sweeps" / "tw" / "export"
+    with open(export / "reductions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["arm"], r["task_weights"]) for r in rows} == {("warmup", "0.1_0.9"), ("warmup", "0.9_0.1")}
+    with open(export / "curves.csv") as f:
+        assert len({(r["local_search"], r["task_weights"]) for r in csv.DictReader(f)}) == 4  # not pooled
+    summary = (export / "summary.md").read_text()
+    assert "### Top-k — synthetic, task weights 0.1, 0.9" in summary and "uniform warm-up (control)" in summary
 
 
 def test_interrupted_sweep_resumes_without_duplicates(workdir):
