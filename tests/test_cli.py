@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, run_cli
 from moetune import schema
-from moetune.config import apply_sampled, load_study_config, training_configs
+from moetune.config import apply_sampled, load_study_config, training_configs, trial_seed
 from moetune.data import load_dataset
 from moetune.training import Trainer
 
@@ -141,6 +141,17 @@ def test_task_weights_sweep_and_warmup_arm(workdir):
     assert "### Top-k — synthetic, task weights 0.1, 0.9" in summary and "uniform warm-up (control)" in summary
 
 
+def test_an_export_that_cannot_run_says_why_and_how_to_run_it(workdir):
+    proc = run_cli(workdir, "-m", "gate=topk", "tuner.n_trials=1", "sweep.name=short", *TINY)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: export failed: study 'topk-ls_off-synthetic-seed0' has 1 finished trial(s) with "
+                      "best_val_loss out of 1; a curve needs at least 2"]
+    assert "moetune export --experiment short --tracking-uri sqlite:///mlruns/mlflow.db --out sweeps/short/export" \
+        in proc.stderr
+    assert not (workdir / "sweeps" / "short" / "export").exists()
+
+
 def test_interrupted_sweep_resumes_without_duplicates(workdir):
     args = ["tuner.n_trials=5", "train.max_epochs=40", "train.patience=40", "dataset.n_samples=1500", "sweep.name=resume"]
     (workdir / "mlruns").mkdir()
@@ -175,6 +186,8 @@ def test_interrupted_sweep_resumes_without_duplicates(workdir):
     trials = runs_of(client, "resume", schema.TRIAL)
     assert len(trials) == 5 and all(r.info.status == "FINISHED" for r in trials)
     assert sorted(int(r.data.tags[schema.TRIAL_INDEX]) for r in trials) == list(range(5))
+    # the resumed searcher goes on numbering trials: five trials, five seeds, none drawn twice
+    assert {int(r.data.params["train.seed"]) for r in trials} == {trial_seed(0, n) for n in range(5)}
     by_trial = {r.data.tags[schema.TRIAL_ID]: r.info.run_id for r in trials}
     for trial_id, run_id in finished_before.items():
         assert by_trial[trial_id] == run_id, "a finished trial was re-run"

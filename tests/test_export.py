@@ -22,7 +22,7 @@ def _make_study(client, exp_id, *, gate, ls, sampler, seed, trials, dataset="syn
     key = f"{gate}/{ls}/{dataset}/{sampler}/{seed}" + (f"/{weights}" if weights else "")
     tags = {schema.ROLE: schema.STUDY, schema.GATE: gate, schema.LOCAL_SEARCH: ls, schema.DATASET: dataset,
             schema.SAMPLER: sampler, schema.SEED: str(seed), schema.STUDY_KEY: key, schema.SWEEP: SWEEP,
-            schema.HEADLINE_METRIC: "test_watch_auc"}
+            schema.HEADLINE_METRIC: "test_loss"}
     if weights:
         tags[schema.TASK_WEIGHTS] = weights
     parent = client.create_run(exp_id, run_name=key, tags=tags)
@@ -354,3 +354,68 @@ def test_moetune_without_a_known_subcommand_exits_2(argv, message, capsys):
     assert err.startswith("usage: moetune COMMAND") and "export" in err
     if message:
         assert message in err
+
+
+def test_summary_opens_with_the_answer(exported, store):
+    files, _ = exported
+    _, _, data = store
+    lines = files["summary.md"].read_text().splitlines()
+    assert lines[0] == f"# Budget vs quality — {SWEEP}"
+    answer = lines[2]
+    assert answer.startswith("**Answer.** With permutation local search, ") and answer.endswith(".")
+    # the headline is test_loss (the selection loss's test twin) at the largest target <= 10 the study has
+    t_on, t_off = (_trials(data[("topk", ls, "random")][0], "test_loss") for ls in ("on", "off"))
+    red = budget.reduction_factor(t_on, t_off, at=5, resamples=RESAMPLES, seed=0)
+    assert f"Top-k on synthetic needs {export._factor_text(red)} fewer trials to reach test_loss {red.q:.4g}" in answer
+    assert "COMET on synthetic" in answer and "Hash on synthetic, tpe" in answer
+
+
+def test_factor_text_marks_censoring():
+    red = budget.Reduction(q=0.5, at=10, n_on=2, n_off=None, n_off_max=64, factor=None, low=8.0, high=np.inf,
+                           censored=True)
+    assert export._factor_text(red) == "> 32x (censored)"
+    red = budget.Reduction(q=0.5, at=10, n_on=2, n_off=8, n_off_max=64, factor=4.0, low=1.5, high=np.inf,
+                           censored=False)
+    assert export._factor_text(red) == "4x [90% interval 1.5, ∞; censored above]"
+    red.high = 9.0
+    assert export._factor_text(red) == "4x [90% interval 1.5, 9]"
+
+
+def test_top_trials_are_the_best_five_percent_by_validation(exported, store):
+    files, _ = exported
+    rows = _read_csv(files["top_trials.csv"])
+    assert list(rows[0].keys()) == export.TOP_COLUMNS
+    row = next(r for r in rows if (r["gate"], r["local_search"], r["metric"]) == ("topk", "off", "test_watch_auc"))
+    _, _, data = store
+    t = _trials(data[("topk", "off", "random")][0], "test_watch_auc")
+    ok = ~t.failed
+    assert int(row["n_finished"]) == ok.sum() == N_RANDOM - 1 and int(row["n_top"]) == 1
+    assert float(row["mean"]) == t.test[ok][np.argmin(t.val[ok])] and row["stderr"] == ""
+    # 41 finished trials: the top ceil(2.05) = 3 by validation loss, mean and standard error of their test scores
+    rng = np.random.default_rng(3)
+    val, test = rng.uniform(size=41), rng.uniform(size=41)
+    trials = budget.Trials(np.append(val, np.nan), np.append(test, np.nan))  # plus one failed trial
+    result = export._Result(("topk", "on", "synthetic", "equal", "random"), "test_loss", [], None, trials, 0.0)
+    (top,) = export._top_trials([result], val_up=False)
+    best3 = test[np.argsort(val)[:3]]
+    assert (top.n_finished, top.n_top) == (41, 3)
+    assert top.mean == pytest.approx(best3.mean()) and top.stderr == pytest.approx(best3.std(ddof=1) / np.sqrt(3))
+
+
+def test_a_new_export_replaces_the_previous_export_run(store, tmp_path):
+    uri, _, _ = store
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(SWEEP)
+    for out in ("first", "second"):
+        files = export.export_sweep(uri, SWEEP, tmp_path / out, metric="test_loss", resamples=10).files
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{schema.ROLE}` = 'export'")
+    assert len(runs) == 1
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == set(files)
+
+
+def test_unwritable_output_folder_is_one_line(store, tmp_path):
+    uri, _, _ = store
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot write the export to .*; pass --out <writable folder>"):
+        export.export_sweep(uri, SWEEP, blocker / "export", resamples=10)

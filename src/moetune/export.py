@@ -307,11 +307,12 @@ def _setting_text(dataset: str, weights: str) -> str:
 
 
 def _factor_text(r: budget.Reduction) -> str:
-    """'3.2x [90%: 1.1, 8]', '> 6.4x (censored)', with an unbounded interval marked censored."""
+    """'3.2x [90% interval 1.1, 8]'; '> 6.4x (censored)' when without local search the target is never reached;
+    an interval with no upper end says 'censored above'."""
     if r.n_on is None:
         return "n/a (target not reached)"
     if r.censored:
-        return f"> {r.lower_bound:.3g}x (censored: without local search the target is never reached)"
+        return f"> {r.lower_bound:.3g}x (censored)"
     text = f"{r.factor:.3g}x"
     if np.isfinite(r.low) or np.isfinite(r.high):
         text += f" [{r.level:.0%} interval {budget._fmt_bound(r.low)}, {budget._fmt_bound(r.high)}"
