@@ -109,6 +109,8 @@ def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workd
     assert sum(line.startswith(("  Top-k (synthetic): budget reduction", "  Hash (synthetic): budget reduction"))
                for line in out.splitlines()) == 2, out[-2000:]
     assert len(runs_of(client, sweep, "export")) == 1
+    assert (f"then open http://127.0.0.1:5000/#/experiments/{experiments[0].experiment_id}/runs?"
+            "workflowType=machine_learning") in out  # opens on the training runs, not the GenAI overview
 
 
 def test_task_weights_sweep_and_warmup_arm(workdir):

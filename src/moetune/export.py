@@ -626,6 +626,8 @@ class Export:
     answer: str
     lines: list
     metric: str
+    experiment_id: str
+    tracking_uri: str
 
     @property
     def folder(self) -> Path:
@@ -688,7 +690,7 @@ def export_sweep(tracking_uri: str, experiment_name: str, out_dir=None, *, metri
         _log_run(client, exp, files, {"metrics": ",".join(metrics), "selection": selection,
                                       "resamples": resamples, "seed": seed, "level": level,
                                       "filters": ",".join(f"{k}={v}" for k, v in filters.items()) or "-"})
-    return Export(files, answer, lines, headline)
+    return Export(files, answer, lines, headline, exp.experiment_id, tracking_uri)
 
 
 def print_answer(export: Export) -> None:
@@ -698,6 +700,12 @@ def print_answer(export: Export) -> None:
         print(f"  {export.answer}")
     for line in export.lines:
         print(f"  {line}")
+    page = f"#/experiments/{export.experiment_id}/runs?workflowType=machine_learning"
+    if export.tracking_uri.startswith(("http://", "https://")):
+        print(f"browse: {export.tracking_uri.rstrip('/')}/{page}")
+    else:
+        print(f"browse: mlflow ui --backend-store-uri {export.tracking_uri} --host 127.0.0.1 --port 5000, "
+              f"then open http://127.0.0.1:5000/{page}")
 
 
 def main(argv=None, prog: str = "moetune-export") -> int:
