@@ -534,7 +534,7 @@ def _fmt(x: float) -> str:
 
 def _reduction_table(reds_by_arm: dict, sampler: str, level: float) -> list[str]:
     """Markdown table of one gate's reductions over "off", one row per arm and target budget."""
-    lines = ["", f"Budget reduction factor over no local search ({_SAMPLER_TEXT.get(sampler, sampler)}):", "",
+    lines = [f"Budget reduction factor over no local search ({_SAMPLER_TEXT.get(sampler, sampler)}):", "",
              f"| arm | target (arm's curve at n) | q | n_arm | n_off | reduction [{level:.0%} interval] |",
              "|---|---|---|---|---|---|"]
     for arm, reds in reds_by_arm.items():
