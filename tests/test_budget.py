@@ -188,7 +188,7 @@ def test_reduction_factor_censored():
     r = B.reduction_factor(_curve([0.5, 0.4]), _curve([0.9, 0.8, 0.7]))
     assert r.censored and r.factor is None and r.n_off is None
     assert r.n_off_max == 3 and r.lower_bound == 3
-    assert str(r) == "> 3"
+    assert str(r) == "> 3x (censored)"
 
 
 def test_reduction_factor_from_trials_with_interval():
@@ -271,14 +271,14 @@ def test_reduction_factors_censored_and_curves():
     assert [r.at for r in reds] == [1, 2, 5]  # 10 > N_on = 6
     assert [(r.n_on, r.n_off, r.factor, r.censored) for r in reds] == [
         (1, 3, 3.0, False), (2, 5, 2.5, False), (5, None, None, True)]
-    assert reds[2].lower_bound == 1.0 and str(reds[2]) == "> 1"
+    assert reds[2].lower_bound == 1.0 and str(reds[2]) == "> 1x (censored)"
     assert all(np.isnan(r.low) and np.isnan(r.high) for r in reds)  # Curves: no interval
     # from trials: on scores 2.0 at every n; off reaches 2.0 at n = 2 only with its best trials
     t_on = B.Trials(val=[1.0, 2.0, 3.0, 4.0, 5.0], test=[2.0, 2.0, 2.0, 2.0, 1.5])
     t_off = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[3.0, 3.0, 4.0, 5.0])
     reds = B.reduction_factors(t_on, t_off, resamples=50)
     assert [r.at for r in reds] == [1, 2, 5] and all(r.censored and r.n_off is None for r in reds)
-    assert [str(r) for r in reds] == [f"> {4 / r.n_on:g}" for r in reds]
+    assert [str(r) for r in reds] == [f"> {4 / r.n_on:.3g}x (censored)" for r in reds]
 
 
 def test_reduction_factors_resample_once_for_all_targets(monkeypatch):

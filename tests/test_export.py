@@ -366,19 +366,19 @@ def test_summary_opens_with_the_answer(exported, store):
     # the headline is test_loss (the selection loss's test twin) at the largest target <= 10 the study has
     t_on, t_off = (_trials(data[("topk", ls, "random")][0], "test_loss") for ls in ("on", "off"))
     red = budget.reduction_factor(t_on, t_off, at=5, resamples=RESAMPLES, seed=0)
-    assert f"Top-k on synthetic needs {export._factor_text(red)} fewer trials to reach test_loss {red.q:.4g}" in answer
+    assert f"Top-k on synthetic needs {str(red)} fewer trials to reach test_loss {red.q:.4g}" in answer
     assert "COMET on synthetic" in answer and "Hash on synthetic, tpe" in answer
 
 
-def test_factor_text_marks_censoring():
+def test_reduction_text_marks_censoring():
     red = budget.Reduction(q=0.5, at=10, n_on=2, n_off=None, n_off_max=64, factor=None, low=8.0, high=np.inf,
                            censored=True)
-    assert export._factor_text(red) == "> 32x (censored)"
+    assert str(red) == "> 32x (censored)"
     red = budget.Reduction(q=0.5, at=10, n_on=2, n_off=8, n_off_max=64, factor=4.0, low=1.5, high=np.inf,
                            censored=False)
-    assert export._factor_text(red) == "4x [90% interval 1.5, ∞; censored above]"
+    assert str(red) == "4x [90% interval 1.5, ∞; censored above]"
     red.high = 9.0
-    assert export._factor_text(red) == "4x [90% interval 1.5, 9]"
+    assert str(red) == "4x [90% interval 1.5, 9]"
 
 
 def test_top_trials_are_the_best_five_percent_by_validation(exported, store):

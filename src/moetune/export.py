@@ -306,20 +306,6 @@ def _setting_text(dataset: str, weights: str) -> str:
     return dataset + _weights_text(weights)
 
 
-def _factor_text(r: budget.Reduction) -> str:
-    """'3.2x [90% interval 1.1, 8]'; '> 6.4x (censored)' when without local search the target is never reached;
-    an interval with no upper end says 'censored above'."""
-    if r.n_on is None:
-        return "n/a (target not reached)"
-    if r.censored:
-        return f"> {r.lower_bound:.3g}x (censored)"
-    text = f"{r.factor:.3g}x"
-    if np.isfinite(r.low) or np.isfinite(r.high):
-        text += f" [{r.level:.0%} interval {budget._fmt_bound(r.low)}, {budget._fmt_bound(r.high)}"
-        text += "; censored above]" if np.isposinf(r.high) else "]"
-    return text
-
-
 def _headline_metric(studies: list[_Study], metrics: list[str]) -> str:
     """The metric the answer is given in: the studies' headline tag (first task's test metric)."""
     for s in studies:
@@ -342,12 +328,12 @@ def _headline(reductions: dict, metric: str) -> tuple[str, list[str]]:
         name = GATE_LABELS.get(gate, gate)
         where = _setting_text(dataset, weights) + ("" if sampler == "random" else f", {sampler}")
         target = f"{metric} {r.q:.4g}, what {r.at} trials reach with local search"
-        lines.append(f"{name} ({where}): budget reduction {_factor_text(r)} to reach {target}")
+        lines.append(f"{name} ({where}): budget reduction {r} to reach {target}")
         if r.factor is not None and r.factor < 1:
             clauses.append(f"{name} on {where} needs {1 / r.factor:.3g}x more trials, not fewer, to reach {target} "
-                           f"(reduction {_factor_text(r)})")
+                           f"(reduction {r})")
         else:
-            clauses.append(f"{name} on {where} needs {_factor_text(r)} fewer trials to reach {target}")
+            clauses.append(f"{name} on {where} needs {r} fewer trials to reach {target}")
     if not clauses:
         return ("No gate has studies both with and without local search, so there is no reduction factor; "
                 "run local_search=on,off."), []
@@ -541,7 +527,7 @@ def _reduction_table(reds_by_arm: dict, sampler: str, level: float) -> list[str]
         for r in reds:
             n_off = "—" if r.n_on is None else (f"> {r.n_off_max}" if r.censored else str(r.n_off))
             n_on = "—" if r.n_on is None else str(r.n_on)
-            lines.append(f"| {ARM_LABELS[arm]} | n = {r.at} | {_fmt(r.q)} | {n_on} | {n_off} | {_factor_text(r)} |")
+            lines.append(f"| {ARM_LABELS[arm]} | n = {r.at} | {_fmt(r.q)} | {n_on} | {n_off} | {r} |")
     return lines + [""]
 
 
