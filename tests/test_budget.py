@@ -203,7 +203,7 @@ def test_reduction_factor_from_trials_with_interval():
     # off never better than 3.0: censored at N_off = 4
     worse = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[3.0, 3.0, 4.0, 5.0])
     rc = B.reduction_factor(on, worse, resamples=50)
-    assert rc.censored and str(rc) == "> 4"
+    assert rc.censored and str(rc) == "> 4x (censored)"
 
 
 def test_running_best_constructed():
