@@ -11,8 +11,9 @@ $(BIN)/python:
 
 setup: $(BIN)/python
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	# exact versions the suite passed with (constraints.txt); pyproject.toml keeps ranges
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 
 run: setup
 	$(BIN)/python train.py -m gate=topk,hash local_search=on,off
