@@ -226,7 +226,10 @@ def training_configs(plain: dict) -> tuple[ModelConfig, GateConfig, LocalSearchC
     """Dataclasses for the trainer. The trial's seed (train.seed, set per trial) defaults to the study
     seed; an E_perm given as a fraction of the epochs becomes int(fraction * max_epochs), at least 1."""
     ls = {k: v for k, v in plain["local_search"].items() if k != "name"}
-    train = TrainConfig(**{"seed": plain["seed"], **{k: v for k, v in plain["train"].items() if v is not None or k != "seed"}})
+    train = dict(plain["train"])
+    if train.get("seed") is None:
+        train["seed"] = plain["seed"]
+    train = TrainConfig(**train)
     if ls.get("e_perm_fraction") is not None:
         ls["e_perm"] = max(1, int(ls["e_perm_fraction"] * train.max_epochs))
     return ModelConfig(**plain["model"]), GateConfig(**plain["gate"]), LocalSearchConfig(**ls), train

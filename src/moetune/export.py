@@ -357,18 +357,20 @@ def _num(x) -> str:
     return "" if x is None or not np.isfinite(x) else repr(float(x))
 
 
-def _write_csv(path: Path, results: list[_Result]) -> None:
+def _write_rows(path: Path, columns: list[str], rows: Iterable[list]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
-        for r in results:
-            c = r.curve
-            study = "+".join(s.key for s in r.studies)
-            for j, n in enumerate(c.budgets):
-                w.writerow([study, r.gate, r.local_search, r.dataset, r.task_weights, r.sampler, c.estimator, r.metric,
-                            schema.higher_is_better(r.metric), int(n), _num(c.value[j]), _num(c.low[j]),
-                            _num(c.high[j]), _num(c.compute_seconds[j]), _num(c.p_no_model[j]), c.n_trials,
-                            c.n_failed, len(r.studies)])
+        w.writerow(columns)
+        w.writerows(rows)
+
+
+def _write_csv(path: Path, results: list[_Result]) -> None:
+    _write_rows(path, CSV_COLUMNS, (
+        ["+".join(s.key for s in r.studies), r.gate, r.local_search, r.dataset, r.task_weights, r.sampler,
+         r.curve.estimator, r.metric, schema.higher_is_better(r.metric), int(n), _num(r.curve.value[j]),
+         _num(r.curve.low[j]), _num(r.curve.high[j]), _num(r.curve.compute_seconds[j]), _num(r.curve.p_no_model[j]),
+         r.curve.n_trials, r.curve.n_failed, len(r.studies)]
+        for r in results for j, n in enumerate(r.curve.budgets)))
 
 
 def _write_reductions_csv(path: Path, reductions: dict) -> None:
@@ -377,27 +379,22 @@ def _write_reductions_csv(path: Path, reductions: dict) -> None:
     def num(x):
         return "" if x is None or np.isnan(x) else repr(float(x))
 
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(REDUCTION_COLUMNS)
-        for key in sorted(reductions, key=lambda k: (k[3], k[1], k[2], k[4], k[5], k[0])):
-            metric, dataset, weights, gate, sampler, arm = key
-            for r in reductions[key]:
-                n_off = r.n_off_max if r.censored else r.n_off
-                factor = r.lower_bound if r.censored else r.factor
-                w.writerow([gate, dataset, weights, sampler, arm, metric, r.at, num(r.q),
-                            "" if r.n_on is None else r.n_on, "" if n_off is None else n_off, num(factor),
-                            num(r.low), num(r.high), r.censored or bool(np.isposinf(r.high))])
+    def row(key, r):
+        metric, dataset, weights, gate, sampler, arm = key
+        n_off = r.n_off_max if r.censored else r.n_off
+        factor = r.lower_bound if r.censored else r.factor
+        return [gate, dataset, weights, sampler, arm, metric, r.at, num(r.q), "" if r.n_on is None else r.n_on,
+                "" if n_off is None else n_off, num(factor), num(r.low), num(r.high),
+                r.censored or bool(np.isposinf(r.high))]
+
+    keys = sorted(reductions, key=lambda k: (k[3], k[1], k[2], k[4], k[5], k[0]))
+    _write_rows(path, REDUCTION_COLUMNS, (row(key, r) for key in keys for r in reductions[key]))
 
 
 def _write_top_csv(path: Path, tops: list[_Top]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(TOP_COLUMNS)
-        for t in tops:
-            r = t.result
-            w.writerow([r.gate, r.local_search, r.dataset, r.task_weights, r.sampler, r.metric, t.n_finished,
-                        t.n_top, _num(t.mean), _num(t.stderr)])
+    _write_rows(path, TOP_COLUMNS, (
+        [t.result.gate, t.result.local_search, t.result.dataset, t.result.task_weights, t.result.sampler,
+         t.result.metric, t.n_finished, t.n_top, _num(t.mean), _num(t.stderr)] for t in tops))
 
 
 def _panels(results: list[_Result], metric: str):
