@@ -307,12 +307,13 @@ def _setting_text(dataset: str, weights: str) -> str:
 
 
 def _headline_metric(studies: list[_Study], metrics: list[str]) -> str:
-    """The metric the answer is given in: the studies' headline tag (first task's test metric)."""
+    """The metric the answer is given in: the studies' headline tag (the test twin of the selection metric),
+    else test_loss, as the README says."""
     for s in studies:
         m = s.tags.get(schema.HEADLINE_METRIC)
         if m in metrics:
             return m
-    return next((m for m in metrics if m != "test_loss"), metrics[0])
+    return "test_loss" if "test_loss" in metrics else metrics[0]
 
 
 def _headline(reductions: dict, metric: str) -> tuple[str, list[str]]:

@@ -106,8 +106,6 @@ class UniformMixingWarmup(nn.Module):
     unmixed. A gain that local search shows over this arm comes from the learned permutation, not from
     training every expert densely in the first epochs. Same interface as PermutationLocalSearch."""
 
-    zeta = 0.0
-
     def __init__(self, n_experts: int, e_perm: int = 5):
         super().__init__()
         self.n_experts = n_experts
