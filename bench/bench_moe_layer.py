@@ -26,8 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from moetune.experts import MLPExperts, mix
-from moetune.gates import build_gate
+from moetune.moe.experts import MLPExperts, mix
+from moetune.moe.gates import build_gate
 
 N_EXPERTS, D_IN, WIDTH = 16, 256, 256
 N_ROUTING_IDS = 6040  # MovieLens-1M users

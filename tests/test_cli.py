@@ -15,8 +15,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, run_cli
-from moetune import schema
-from moetune.config import apply_sampled, load_study_config, training_configs, trial_seed
+from moetune import contract
+from moetune.tracking import tags as T
+from moetune.config import trial_seed
+from moetune.tuning.hydra_config import load_study
 from moetune.data import load_dataset
 from moetune.training import Trainer
 
@@ -31,7 +33,7 @@ def runs_of(client: MlflowClient, experiment: str, role: str, deleted: bool = Fa
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"experiment {experiment} missing"
     view = 3 if deleted else 1  # ALL or ACTIVE_ONLY
-    return client.search_runs([exp.experiment_id], f"tags.`{schema.ROLE}` = '{role}'", run_view_type=view, max_results=1000)
+    return client.search_runs([exp.experiment_id], f"tags.`{T.ROLE}` = '{role}'", run_view_type=view, max_results=1000)
 
 
 def sweep_experiments(client: MlflowClient) -> list:
@@ -48,50 +50,52 @@ def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workd
     experiments = sweep_experiments(client)
     assert len(experiments) == 1, [e.name for e in experiments]
     sweep = experiments[0].name
-    assert experiments[0].tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING  # the UI opens on the runs
-    studies = runs_of(client, sweep, schema.STUDY)
-    trials = runs_of(client, sweep, schema.TRIAL)
+    assert experiments[0].tags[T.EXPERIMENT_KIND] == T.MODEL_TRAINING  # the UI opens on the runs
+    studies = runs_of(client, sweep, T.STUDY)
+    trials = runs_of(client, sweep, T.TRIAL)
     assert len(studies) == 4 and len(trials) == 12
-    combos = {(r.data.tags[schema.GATE], r.data.tags[schema.LOCAL_SEARCH]) for r in studies}
+    combos = {(r.data.tags[T.GATE], r.data.tags[T.LOCAL_SEARCH]) for r in studies}
     assert combos == {("topk", "on"), ("topk", "off"), ("hash", "on"), ("hash", "off")}
     for study in studies:
         tags = study.data.tags
         assert study.info.status == "FINISHED"
-        assert tags[schema.DATASET] == "synthetic" and tags[schema.SAMPLER] == "random" and tags[schema.SEED] == "0"
-        assert tags[schema.TASK_WEIGHTS] == "equal" and tags[schema.SWEEP] == sweep
-        assert tags[schema.VERSION] and tags[schema.GIT_COMMIT]
+        assert tags[T.DATASET] == "synthetic" and tags[T.SAMPLER] == "random" and tags[T.SEED] == "0"
+        assert tags[T.TASK_WEIGHTS] == "equal" and tags[T.SWEEP] == sweep
+        assert tags[T.VERSION] and tags[T.GIT_COMMIT]
         assert "space.train.lr" in study.data.params
-        assert ("space.local_search.e_perm" in study.data.params) == (tags[schema.LOCAL_SEARCH] == "on")
+        assert ("space.local_search.e_perm" in study.data.params) == (tags[T.LOCAL_SEARCH] == "on")
         assert study.data.metrics["trials_finished"] == 3 and study.data.metrics["trials_failed"] == 0
         assert "config.yaml" in [a.path for a in client.list_artifacts(study.info.run_id)]
         children = [t for t in trials if t.data.tags["mlflow.parentRunId"] == study.info.run_id]
-        assert sorted(int(t.data.tags[schema.TRIAL_INDEX]) for t in children) == [0, 1, 2]
+        assert sorted(int(t.data.tags[T.TRIAL_INDEX]) for t in children) == [0, 1, 2]
         assert len({t.data.params["train.seed"] for t in children}) == 3
         assert len({t.data.tags["init_digest"] for t in children}) == 3, "trials share an initialization"
         for trial in children:
             assert trial.info.status == "FINISHED"
             assert "train.lr" in trial.data.params
-            assert ("local_search.e_perm" in trial.data.params) == (tags[schema.LOCAL_SEARCH] == "on")
+            assert ("local_search.e_perm" in trial.data.params) == (tags[T.LOCAL_SEARCH] == "on")
             m = trial.data.metrics
             for key in ("best_val_loss", "test_loss", "test_click_auc", "test_rating_mse", "best_val_click_auc",
-                        schema.WALL_SECONDS, schema.CPU_SECONDS, schema.ACTIVE_EXPERTS):
+                        contract.WALL_SECONDS, contract.CPU_SECONDS, contract.ACTIVE_EXPERTS):
                 assert key in m, key
-            assert m[schema.ACTIVE_EXPERTS] == pytest.approx(1.0 if tags[schema.GATE] == "hash" else 2.0)
-            history = client.get_metric_history(trial.info.run_id, schema.VAL_LOSS)
+            assert m[contract.ACTIVE_EXPERTS] == pytest.approx(1.0 if tags[T.GATE] == "hash" else 2.0)
+            history = client.get_metric_history(trial.info.run_id, contract.VAL_LOSS)
             assert [h.step for h in sorted(history, key=lambda h: h.step)] == list(range(1, len(history) + 1))
             assert len(history) >= 1 and min(h.value for h in history) == pytest.approx(m["best_val_loss"], rel=1e-5)
-            assert ("permutation" in trial.data.tags) == (tags[schema.LOCAL_SEARCH] == "on")
+            assert ("permutation" in trial.data.tags) == (tags[T.LOCAL_SEARCH] == "on")
             assert "diagnostics.json" in [a.path for a in client.list_artifacts(trial.info.run_id)]
     # a trial re-run from the study's logged config and its logged parameters reproduces its metrics exactly
-    study = next(s for s in studies if s.data.tags[schema.LOCAL_SEARCH] == "on" and s.data.tags[schema.GATE] == "topk")
+    study = next(s for s in studies if s.data.tags[T.LOCAL_SEARCH] == "on" and s.data.tags[T.GATE] == "topk")
     trial = next(t for t in trials if t.data.tags["mlflow.parentRunId"] == study.info.run_id)
     config = yaml.safe_load(Path(client.download_artifacts(study.info.run_id, "config.yaml", str(workdir))).read_text())
     sampled = {k: yaml.safe_load(v) for k, v in trial.data.params.items()}
-    base = load_study_config(OmegaConf.create(config)).plain
+    study_config = load_study(OmegaConf.create(config)).config
+    trial_config = study_config.for_trial(sampled)
     threads = torch.get_num_threads()
-    torch.set_num_threads(int(base["tuner"]["cpus_per_trial"]))  # as the trial ran: same float summation order
+    torch.set_num_threads(int(study_config.tuner.cpus_per_trial))  # as the trial ran: same float summation order
     try:
-        rerun = Trainer(load_dataset(**base["dataset"]), *training_configs(apply_sampled(base, sampled))).fit()
+        c = trial_config
+        rerun = Trainer(load_dataset(**c.dataset), c.model, c.gate, c.local_search, c.train).fit()
     finally:
         torch.set_num_threads(threads)
     assert rerun.diagnostics["init_digest"] == trial.data.tags["init_digest"]
@@ -119,20 +123,20 @@ def test_task_weights_sweep_and_warmup_arm(workdir):
                    "tuner.n_trials=3", "search_space.local_search.e_perm.high=2", "sweep.name=tw", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_for(workdir)
-    studies = runs_of(client, "tw", schema.STUDY)
-    assert sorted((s.data.tags[schema.LOCAL_SEARCH], s.data.tags[schema.TASK_WEIGHTS]) for s in studies) == [
+    studies = runs_of(client, "tw", T.STUDY)
+    assert sorted((s.data.tags[T.LOCAL_SEARCH], s.data.tags[T.TASK_WEIGHTS]) for s in studies) == [
         ("off", "0.1_0.9"), ("off", "0.9_0.1"), ("warmup", "0.1_0.9"), ("warmup", "0.9_0.1")]
     for study in studies:
-        weights = [float(w) for w in study.data.tags[schema.TASK_WEIGHTS].split("_")]
-        assert study.data.tags[schema.STUDY_KEY].endswith(f"-tw{study.data.tags[schema.TASK_WEIGHTS]}-seed0")
-        children = [t for t in runs_of(client, "tw", schema.TRIAL) if t.data.tags["mlflow.parentRunId"] == study.info.run_id]
+        weights = [float(w) for w in study.data.tags[T.TASK_WEIGHTS].split("_")]
+        assert study.data.tags[T.STUDY_KEY].endswith(f"-tw{study.data.tags[T.TASK_WEIGHTS]}-seed0")
+        children = [t for t in runs_of(client, "tw", T.TRIAL) if t.data.tags["mlflow.parentRunId"] == study.info.run_id]
         assert len(children) == 3
         for trial in children:
             assert "train.task_weights" not in trial.data.params
-            assert trial.data.tags[schema.TASK_WEIGHTS] == study.data.tags[schema.TASK_WEIGHTS]
+            assert trial.data.tags[T.TASK_WEIGHTS] == study.data.tags[T.TASK_WEIGHTS]
         config = yaml.safe_load(Path(client.download_artifacts(study.info.run_id, "config.yaml", str(workdir))).read_text())
         assert config["train"]["task_weights"] == weights
-        assert (study.data.tags[schema.LOCAL_SEARCH] == "warmup") == ("space.local_search.e_perm" in study.data.params)
+        assert (study.data.tags[T.LOCAL_SEARCH] == "warmup") == ("space.local_search.e_perm" in study.data.params)
     export = workdir / "sweeps" / "tw" / "export"
     with open(export / "reductions.csv") as f:
         rows = list(csv.DictReader(f))
@@ -164,7 +168,7 @@ def test_interrupted_sweep_resumes_without_duplicates(workdir):
     finished_before: set[str] = set()
     while time.time() < deadline and proc.poll() is None:
         try:
-            finished_before = {r.data.tags[schema.TRIAL_ID] for r in runs_of(client, "resume", schema.TRIAL)
+            finished_before = {r.data.tags[T.TRIAL_ID] for r in runs_of(client, "resume", T.TRIAL)
                                if r.info.status == "FINISHED"}
         except (AssertionError, Exception):
             finished_before = set()
@@ -177,23 +181,23 @@ def test_interrupted_sweep_resumes_without_duplicates(workdir):
         pytest.fail("the study finished before it could be interrupted; make the trials longer:\n" + out[-2000:])
     assert proc.returncode == 130, out[-3000:]
     assert "sweep.name=resume" in out
-    after_interrupt = runs_of(client, "resume", schema.TRIAL)
+    after_interrupt = runs_of(client, "resume", T.TRIAL)
     assert not [r for r in after_interrupt if r.info.status == "RUNNING"], "runs left RUNNING after Ctrl-C"
-    assert runs_of(client, "resume", schema.STUDY)[0].info.status == "KILLED"
-    finished_before = {r.data.tags[schema.TRIAL_ID]: r.info.run_id for r in after_interrupt if r.info.status == "FINISHED"}
+    assert runs_of(client, "resume", T.STUDY)[0].info.status == "KILLED"
+    finished_before = {r.data.tags[T.TRIAL_ID]: r.info.run_id for r in after_interrupt if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 5
 
     proc = run_cli(workdir, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = runs_of(client, "resume", schema.TRIAL)
+    trials = runs_of(client, "resume", T.TRIAL)
     assert len(trials) == 5 and all(r.info.status == "FINISHED" for r in trials)
-    assert sorted(int(r.data.tags[schema.TRIAL_INDEX]) for r in trials) == list(range(5))
+    assert sorted(int(r.data.tags[T.TRIAL_INDEX]) for r in trials) == list(range(5))
     # the resumed searcher goes on numbering trials: five trials, five seeds, none drawn twice
     assert {int(r.data.params["train.seed"]) for r in trials} == {trial_seed(0, n) for n in range(5)}
-    by_trial = {r.data.tags[schema.TRIAL_ID]: r.info.run_id for r in trials}
+    by_trial = {r.data.tags[T.TRIAL_ID]: r.info.run_id for r in trials}
     for trial_id, run_id in finished_before.items():
         assert by_trial[trial_id] == run_id, "a finished trial was re-run"
-    study = runs_of(client, "resume", schema.STUDY)
+    study = runs_of(client, "resume", T.STUDY)
     assert len(study) == 1 and study[0].info.status == "FINISHED"
     assert study[0].data.metrics["trials_finished"] == 5
 
@@ -203,17 +207,17 @@ def test_failed_trial_is_recorded_and_the_study_finishes(workdir):
                    "+search_space.train.lr={type:categorical,choices:[0.003,1.0e9]}", "sweep.name=fails", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_for(workdir)
-    trials = runs_of(client, "fails", schema.TRIAL)
+    trials = runs_of(client, "fails", T.TRIAL)
     assert len(trials) == 6
     failed = [t for t in trials if t.info.status == "FAILED"]
     finished = [t for t in trials if t.info.status == "FINISHED"]
     assert failed and finished, "the seeded sampler should draw both learning rates"
     for t in failed:
         assert float(t.data.params["train.lr"]) == 1e9
-        assert "diverged at epoch 1" in t.data.tags[schema.ERROR]
+        assert "diverged at epoch 1" in t.data.tags[T.ERROR]
     for t in finished:
         assert float(t.data.params["train.lr"]) == 0.003
-    study = runs_of(client, "fails", schema.STUDY)[0]
+    study = runs_of(client, "fails", T.STUDY)[0]
     assert study.info.status == "FINISHED"
     assert study.data.metrics["trials_failed"] == len(failed)
     assert study.data.metrics["trials_finished"] == len(finished)

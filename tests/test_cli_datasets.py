@@ -5,7 +5,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import SHARED, run_cli
-from moetune import schema
+from moetune import contract
+from moetune.tracking import tags as T
 
 pytestmark = pytest.mark.slow
 MOVIELENS = SHARED / "data" / "movielens-comet"
@@ -14,7 +15,7 @@ MOVIELENS = SHARED / "data" / "movielens-comet"
 def trial_runs(workdir, experiment):
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], f"tags.`{schema.ROLE}` = '{schema.TRIAL}'")
+    return client.search_runs([exp.experiment_id], f"tags.`{T.ROLE}` = '{T.TRIAL}'")
 
 
 def test_movielens_study_with_hash_routing_by_user(workdir):
@@ -27,10 +28,10 @@ def test_movielens_study_with_hash_routing_by_user(workdir):
     trials = trial_runs(workdir, "ml")
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
     for t in trials:
-        assert t.data.tags[schema.DATASET] == "movielens"
+        assert t.data.tags[T.DATASET] == "movielens"
         assert 0.5 < t.data.metrics["test_watch_auc"] <= 1.0
         assert t.data.metrics["test_rating_mse"] > 0
-        assert t.data.metrics[schema.ACTIVE_EXPERTS] == 1.0
+        assert t.data.metrics[contract.ACTIVE_EXPERTS] == 1.0
         assert "permutation" in t.data.tags
 
 
@@ -41,10 +42,10 @@ def test_multidigits_study_with_cnn_experts(workdir):
     trials = trial_runs(workdir, "md")
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
     for t in trials:
-        assert t.data.tags[schema.DATASET] == "multidigits"
+        assert t.data.tags[T.DATASET] == "multidigits"
         for task in ("top_left", "bottom_right"):
             assert 0.0 <= t.data.metrics[f"test_{task}_accuracy"] <= 1.0
-        assert t.data.metrics[schema.ACTIVE_EXPERTS] == 2.0
+        assert t.data.metrics[contract.ACTIVE_EXPERTS] == 2.0
 
 
 def test_hash_gate_on_images_is_a_clear_error(workdir):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from moetune.errors import ConfigError
-from moetune.gates import available_gates, build_gate, gate_class, smooth_step
+from moetune.moe.gates import available_gates, build_gate, gate_class, smooth_step
 
 IN_DIM, BATCH, N_IDS = 8, 64, 50
 GATES = available_gates()

@@ -10,8 +10,9 @@ import torch
 from conftest import tabular_data
 
 from moetune.data.base import MultiTaskData
-from moetune.local_search import PermutationLocalSearch, harden, log_sinkhorn
-from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
+from moetune.moe.local_search import PermutationLocalSearch, harden, log_sinkhorn
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
+from moetune.moe import MMoE
 
 
 def assert_permutation_matrix(p: torch.Tensor):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
-from moetune.metrics import normalized_mutual_info, roc_auc
+from moetune.training.metrics import normalized_mutual_info, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))

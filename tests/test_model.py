@@ -7,10 +7,12 @@ from conftest import tabular_data
 
 from moetune.data.base import MultiTaskData, Split, Task
 from moetune.errors import ConfigError
-from moetune.experts import MLPExperts, mix
-from moetune.gates import build_gate
-from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
-from moetune.training import TrainConfig, Trainer
+from moetune.moe.experts import MLPExperts, mix
+from moetune.moe.gates import build_gate
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig, StudyConfig, check_study, check_tasks
+from moetune.moe import MMoE
+from moetune.config import TrainConfig
+from moetune.training import Trainer
 
 N_IDS = 30
 
@@ -189,32 +191,55 @@ def test_model_auto_compute_stays_dense_for_dense_gates_and_while_learning_a_per
 
 # --- bad configuration -------------------------------------------------------------------------------
 
+# bad sizes and choices fail where the config is made (its type checks them); gate.k against the number
+# of experts is a cross-field check (moetune.config.check_study); a gate's own keys are the gate's to check
 BAD_MODEL = [
-    (dict(), GateConfig("nope", 2), "nope"),
-    (dict(n_experts=4), GateConfig("topk", 5), "gate.k"),
-    (dict(n_experts=4), GateConfig("topk", 0), "gate.k"),
-    (dict(n_experts=4), GateConfig("comet", -1), "gate.k"),
-    (dict(n_experts=1), GateConfig("topk", 1), "model.n_experts"),
-    (dict(n_experts=1), GateConfig("softmax", 1), "model.n_experts"),
-    (dict(expert_hidden=[0]), GateConfig("topk", 2), "model.expert_hidden"),
-    (dict(expert_hidden=[8, -3]), GateConfig("topk", 2), "model.expert_hidden"),
-    (dict(expert_hidden=[]), GateConfig("topk", 2), "model.expert_hidden"),
-    (dict(head_hidden=[0]), GateConfig("topk", 2), "model.head_hidden"),
-    (dict(dense_hidden=[-1]), GateConfig("topk", 2), "model.dense_hidden"),
-    (dict(embed_dim=0), GateConfig("topk", 2), "model.embed_dim"),
-    (dict(expert_dropout=1.0), GateConfig("topk", 2), "model.expert_dropout"),
-    (dict(expert_type="rnn"), GateConfig("topk", 2), "model.expert_type"),
-    (dict(compute="fast"), GateConfig("topk", 2), "model.compute"),
-    (dict(), GateConfig("hash", 2), "gate.k=1"),
-    (dict(), GateConfig("comet", 2, {"gamma": 0}), "gamma"),
-    (dict(), GateConfig("topk", 2, {"bogus": 1}), "bogus"),
+    (dict(n_experts=1), dict(name="topk", k=1), "model.n_experts"),
+    (dict(n_experts=1), dict(name="softmax", k=1), "model.n_experts"),
+    (dict(expert_hidden=[0]), dict(name="topk", k=2), "model.expert_hidden"),
+    (dict(expert_hidden=[8, -3]), dict(name="topk", k=2), "model.expert_hidden"),
+    (dict(expert_hidden=[]), dict(name="topk", k=2), "model.expert_hidden"),
+    (dict(head_hidden=[0]), dict(name="topk", k=2), "model.head_hidden"),
+    (dict(dense_hidden=[-1]), dict(name="topk", k=2), "model.dense_hidden"),
+    (dict(embed_dim=0), dict(name="topk", k=2), "model.embed_dim"),
+    (dict(expert_dropout=1.0), dict(name="topk", k=2), "model.expert_dropout"),
+    (dict(expert_type="rnn"), dict(name="topk", k=2), "model.expert_type"),
+    (dict(compute="fast"), dict(name="topk", k=2), "model.compute"),
+    (dict(n_experts=4), dict(name="topk", k=0), "gate.k"),
+    (dict(n_experts=4), dict(name="comet", k=-1), "gate.k"),
 ]
 
 
 @pytest.mark.parametrize("overrides, gate, key", BAD_MODEL)
 def test_bad_model_config_is_a_config_error_naming_the_key(overrides, gate, key):
     with pytest.raises(ConfigError) as info:
-        MMoE(tabular_data(), small_cfg(**overrides), gate, LocalSearchConfig())
+        MMoE(tabular_data(), small_cfg(**overrides), GateConfig(**gate), LocalSearchConfig())
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize("n_experts, gate, ok", [(4, "topk", False), (4, "comet", False), (4, "softmax", True),
+                                                 (5, "topk", True)])
+def test_gate_k_above_the_number_of_experts_is_refused_before_training(n_experts, gate, ok):
+    config = StudyConfig(model=small_cfg(n_experts=n_experts), gate=GateConfig(gate, 5))
+    if ok:
+        check_study(config)
+    else:
+        with pytest.raises(ConfigError, match=f"gate.k must be between 1 and model.n_experts={n_experts}"):
+            check_study(config)
+
+
+BAD_GATE = [
+    (GateConfig("nope", 2), "nope"),
+    (GateConfig("hash", 2), "gate.k=1"),
+    (GateConfig("comet", 2, {"gamma": 0}), "gamma"),
+    (GateConfig("topk", 2, {"bogus": 1}), "bogus"),
+]
+
+
+@pytest.mark.parametrize("gate, key", BAD_GATE)
+def test_bad_gate_keys_are_a_config_error_naming_the_key(gate, key):
+    with pytest.raises(ConfigError) as info:
+        MMoE(tabular_data(), small_cfg(), gate, LocalSearchConfig())
     assert key in str(info.value)
 
 
@@ -226,7 +251,7 @@ def test_unknown_gate_lists_the_choices():
 
 def test_local_search_e_perm_below_one_is_a_config_error():
     with pytest.raises(ConfigError, match="local_search.e_perm"):
-        MMoE(tabular_data(), small_cfg(), GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=0))
+        LocalSearchConfig(enabled=True, e_perm=0)
 
 
 def test_cnn_experts_without_images_is_a_config_error():
@@ -242,29 +267,37 @@ def test_hash_gate_on_a_dataset_without_routing_ids_is_a_config_error():
 
 
 BAD_TRAIN = [
-    (dict(batch_size=0), LocalSearchConfig(), "train.batch_size"),
-    (dict(max_epochs=0), LocalSearchConfig(), "train.max_epochs"),
-    (dict(patience=0), LocalSearchConfig(), "train.patience"),
-    (dict(lr=0.0), LocalSearchConfig(), "train.lr"),
-    (dict(lr=-1e-3), LocalSearchConfig(), "train.lr"),
-    (dict(lr=float("nan")), LocalSearchConfig(), "train.lr"),
-    (dict(device="gpu"), LocalSearchConfig(), "train.device"),
-    (dict(task_weights=[1.0]), LocalSearchConfig(), "train.task_weights"),
-    (dict(task_weights=[1.0, -1.0]), LocalSearchConfig(), "train.task_weights"),
-    (dict(max_epochs=3), LocalSearchConfig(enabled=True, e_perm=4), "local_search.e_perm"),
+    (dict(batch_size=0), "train.batch_size"),
+    (dict(max_epochs=0), "train.max_epochs"),
+    (dict(patience=0), "train.patience"),
+    (dict(lr=0.0), "train.lr"),
+    (dict(lr=-1e-3), "train.lr"),
+    (dict(lr=float("nan")), "train.lr"),
+    (dict(device="gpu"), "train.device"),
+    (dict(task_weights=[1.0, -1.0]), "train.task_weights"),
 ]
 
 
-@pytest.mark.parametrize("overrides, ls, key", BAD_TRAIN)
-def test_bad_train_config_is_a_config_error_naming_the_key(overrides, ls, key):
+@pytest.mark.parametrize("overrides, key", BAD_TRAIN)
+def test_bad_train_config_is_a_config_error_naming_the_key(overrides, key):
     with pytest.raises(ConfigError) as info:
-        Trainer(tabular_data(), small_cfg(), GateConfig("topk", 2), ls, TrainConfig(**overrides))
+        TrainConfig(**overrides)
     assert key in str(info.value)
 
 
-def test_e_perm_equal_to_max_epochs_is_fine():
+def test_task_weights_need_one_weight_per_task():
+    with pytest.raises(ConfigError, match="train.task_weights must be 2 non-negative numbers"):
+        check_tasks(StudyConfig(train=TrainConfig(task_weights=[1.0])), n_tasks=2)
+    check_tasks(StudyConfig(train=TrainConfig(task_weights=[1.0, 0.5])), n_tasks=2)
+
+
+def test_e_perm_above_max_epochs_is_refused_and_equal_is_fine():
+    ls = LocalSearchConfig(name="on", enabled=True, e_perm=4)
+    with pytest.raises(ConfigError, match="local_search.e_perm=4 exceeds train.max_epochs=3"):
+        check_study(StudyConfig(local_search=ls, train=TrainConfig(max_epochs=3)))
+    check_study(StudyConfig(local_search=ls, train=TrainConfig(max_epochs=4)))
     Trainer(tabular_data(), small_cfg(), GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=3),
-            TrainConfig(max_epochs=3, device="cpu"))
+            TrainConfig(max_epochs=3, device="cpu")).fit()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

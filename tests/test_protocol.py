@@ -12,14 +12,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, tabular_data
-from moetune.config import build_search_space, load_study_config, study_key, training_configs, trial_seed
+from moetune.config import study_key, trial_seed
+from moetune.tuning.hydra_config import load_study
+from moetune.tuning.search_space import build_search_space
 from moetune.data import available_datasets
 from moetune.errors import ConfigError
-from moetune.gates import build_gate
-from moetune.gates.base import entropy
-from moetune.local_search import PermutationLocalSearch, UniformMixingWarmup
-from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
-from moetune.training import TrainConfig, Trainer
+from moetune.moe.gates import build_gate
+from moetune.moe.gates.base import entropy
+from moetune.moe.local_search import PermutationLocalSearch, UniformMixingWarmup
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
+from moetune.moe import MMoE
+from moetune.config import TrainConfig
+from moetune.training import Trainer
 
 CONF = REPO / "conf"
 
@@ -38,17 +42,16 @@ PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 @pytest.mark.parametrize("gate", ["topk", "comet"])
 @pytest.mark.parametrize("local_search", ["on", "off", "warmup"])
 def test_every_preset_composes_and_validates(preset, gate, local_search):
-    study = load_study_config(composed(f"experiment={preset}", f"gate={gate}", f"local_search={local_search}"))
-    assert study.search_space["train.lr"]
-    assert ("local_search.e_perm" in study.search_space or "local_search.e_perm_fraction" in study.search_space) \
-        == (local_search != "off")
-    assert "train.task_weights" not in study.search_space
+    space = load_study(composed(f"experiment={preset}", f"gate={gate}", f"local_search={local_search}")).space
+    assert space["train.lr"]
+    assert ("local_search.e_perm" in space or "local_search.e_perm_fraction" in space) == (local_search != "off")
+    assert "train.task_weights" not in space
 
 
 def test_hash_composes_with_the_movielens_presets():
     for preset in ("movielens_cpu", "paper_movielens"):
-        study = load_study_config(composed(f"experiment={preset}", "gate=hash", "local_search=on"))
-        assert study.plain["gate"]["k"] == 1
+        study = load_study(composed(f"experiment={preset}", "gate=hash", "local_search=on"))
+        assert study.config.gate.k == 1
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "dataset").glob("*.yaml")), ids=lambda p: p.stem)
@@ -58,17 +61,16 @@ def test_every_dataset_config_names_its_own_dataset(path):
 
 
 def test_paper_movielens_matches_the_authors_configs():
-    study = load_study_config(composed("experiment=paper_movielens", "gate=comet", "local_search=on"))
-    p, space = study.plain, study.search_space
-    assert p["train"]["batch_size"] == 512 and p["train"]["max_epochs"] == 100 and p["train"]["patience"] == 25
-    assert p["train"]["task_weights"] == [0.1, 0.9] and p["tuner"]["n_trials"] == 500
+    p, space = load_study(composed("experiment=paper_movielens", "gate=comet", "local_search=on"))
+    assert p.train.batch_size == 512 and p.train.max_epochs == 100 and p.train.patience == 25
+    assert p.train.task_weights == [0.1, 0.9] and p.tuner.n_trials == 500 and p.sampler_name == "random"
     assert (space["train.lr"].low, space["train.lr"].high, space["train.lr"].log) == (5e-5, 5e-4, True)
-    assert p["local_search"]["noise"] == 0.0 and p["local_search"]["zeta"] == 1e-4
+    assert p.local_search.noise == 0.0 and p.local_search.zeta == 1e-4
     fraction = space["local_search.e_perm_fraction"]
     assert (fraction.low, fraction.high, fraction.log) == (0.01, 0.1, True)
-    assert "gate.gamma" not in space and p["gate"]["params"]["gamma"] == 10.0  # COMET+ fixes gamma = 10
+    assert "gate.gamma" not in space and p.gate.params["gamma"] == 10.0  # COMET+ fixes gamma = 10
     assert space["gate.entropy_weight"].choices == (0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-    off = load_study_config(composed("experiment=paper_movielens", "gate=comet", "local_search=off")).search_space
+    off = load_study(composed("experiment=paper_movielens", "gate=comet", "local_search=off")).space
     assert off["gate.gamma"].choices == (0.01, 0.1, 1.0, 5.0, 10.0)  # COMET without local search searches gamma
 
 
@@ -77,8 +79,8 @@ def test_paper_movielens_matches_the_authors_configs():
 def test_study_key_carries_the_task_weighting():
     assert study_key("topk", "on", "movielens", 0) == "topk-ls_on-movielens-seed0"
     assert study_key("topk", "on", "movielens", 0, [0.1, 0.9]) == "topk-ls_on-movielens-tw0.1_0.9-seed0"
-    a = load_study_config(composed("experiment=paper_movielens", "train.task_weights=[0.1,0.9]"))
-    b = load_study_config(composed("experiment=paper_movielens", "train.task_weights=[0.9,0.1]"))
+    a = load_study(composed("experiment=paper_movielens", "train.task_weights=[0.1,0.9]")).config
+    b = load_study(composed("experiment=paper_movielens", "train.task_weights=[0.9,0.1]")).config
     assert a.study_key != b.study_key
 
 
@@ -117,10 +119,9 @@ def test_trial_seeds_differ_per_trial_and_repeat_per_study_seed():
 
 
 def test_train_seed_defaults_to_the_study_seed_and_a_trial_seed_wins():
-    plain = load_study_config(composed("seed=7")).plain
-    assert plain["train"]["seed"] is None and training_configs(plain)[3].seed == 7
-    plain["train"]["seed"] = 12345
-    assert training_configs(plain)[3].seed == 12345
+    config = load_study(composed("seed=7")).config
+    assert config.train.seed is None and config.for_trial().train.seed == 7
+    assert config.for_trial({"train.seed": 12345}).train.seed == 12345
 
 
 def test_different_trial_seeds_give_different_initial_weights_and_a_seed_reproduces_its_run():
@@ -137,12 +138,11 @@ def test_different_trial_seeds_give_different_initial_weights_and_a_seed_reprodu
 # ---------------------------------------------------------------- local search and its control arm
 
 def test_e_perm_fraction_is_truncated_like_the_authors_code_and_at_least_one():
-    plain = load_study_config(composed("local_search=on", "train.max_epochs=100", "local_search.e_perm_fraction=0.037",
-                                       "~search_space.local_search.e_perm")).plain
-    assert training_configs(plain)[2].e_perm == 3  # int(0.037 * 100)
-    plain["local_search"]["e_perm_fraction"] = 0.01
-    plain["train"]["max_epochs"] = 12
-    assert training_configs(plain)[2].e_perm == 1  # int(0.12) = 0 would skip the search
+    config = load_study(composed("local_search=on", "train.max_epochs=100", "local_search.e_perm_fraction=0.037",
+                                 "~search_space.local_search.e_perm")).config
+    assert config.for_trial().local_search.e_perm == 3  # int(0.037 * 100)
+    assert config.for_trial({"local_search.e_perm_fraction": 0.01, "train.max_epochs": 12}).local_search.e_perm == 1
+    # int(0.12) = 0 would skip the search
 
 
 def test_local_search_defaults_to_no_gumbel_noise():
@@ -194,9 +194,8 @@ def test_warmup_arm_trains_every_expert_during_its_epochs_and_routes_sparsely_af
 
 
 def test_warmup_config_loads_as_the_uniform_mixing_arm():
-    plain = load_study_config(composed("local_search=warmup")).plain
-    ls = training_configs(plain)[2]
-    assert ls.enabled and ls.mixing == "uniform" and plain["local_search"]["name"] == "warmup"
+    ls = load_study(composed("local_search=warmup")).config.for_trial().local_search
+    assert ls.enabled and ls.mixing == "uniform" and ls.name == "warmup"
 
 
 # ---------------------------------------------------------------- gates as the authors initialize and regularize them
@@ -227,7 +226,7 @@ def test_entropy_regularizer_is_summed_over_trees_or_selectors(name):
     if name == "comet":
         per_unit = entropy(two.leaf_probabilities(x))  # B x k
     else:
-        from moetune.gates.base import smooth_step
+        from moetune.moe.gates.base import smooth_step
         bits = smooth_step(two.selector_logits(x).view(-1, 2, 1, two.n_bits), two.gamma)
         per_code = (two.codes * bits + (1 - two.codes) * (1 - bits)).prod(-1)
         per_unit = entropy(per_code)
@@ -254,4 +253,4 @@ def test_config_file_for_every_local_search_arm():
     assert names == {"on", "off", "warmup"}
     for path in (CONF / "local_search").glob("*.yaml"):
         conf = OmegaConf.load(path)
-        LocalSearchConfig(**{k: v for k, v in conf.items() if k != "name"})  # every key is a real setting
+        LocalSearchConfig(**conf)  # every key is a real setting

@@ -6,7 +6,7 @@ import torch
 
 from moetune.data import load_dataset
 from moetune.errors import ConfigError
-from moetune.gates import build_gate
+from moetune.moe.gates import build_gate
 
 
 def synthetic(**params):

@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
-from moetune import schema
+from moetune import contract
 from moetune.data import load_dataset
 from moetune.errors import TrainingDivergedError
-from moetune.gates import available_gates
-from moetune.model import GateConfig, LocalSearchConfig, ModelConfig
-from moetune.training import TrainConfig, Trainer
+from moetune.moe.gates import available_gates
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
+from moetune.config import TrainConfig
+from moetune.training import Trainer
 
 N_EXPERTS = 4
 torch.set_num_threads(1)  # tiny models: threads only add contention on a shared machine
@@ -41,7 +42,7 @@ def make_trainer(data, gate="topk", local_search=False, e_perm=2, model=None, **
 
 
 def without_timings(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in (schema.WALL_SECONDS, schema.CPU_SECONDS)}
+    return {k: v for k, v in metrics.items() if k not in (contract.WALL_SECONDS, contract.CPU_SECONDS)}
 
 
 # --- learning ----------------------------------------------------------------------------------------
@@ -50,11 +51,11 @@ def without_timings(metrics: dict) -> dict:
 @pytest.mark.parametrize("gate", available_gates())
 def test_training_lowers_validation_loss(data, gate, local_search):
     trainer = make_trainer(data, gate, local_search)
-    untrained = trainer.evaluate("val")[schema.VAL_LOSS]
+    untrained = trainer.evaluate("val")[contract.VAL_LOSS]
     result = trainer.fit()
-    val_losses = [h[schema.VAL_LOSS] for h in result.history]
+    val_losses = [h[contract.VAL_LOSS] for h in result.history]
     assert min(val_losses) < untrained
-    assert result.val[schema.VAL_LOSS] == pytest.approx(min(val_losses), rel=1e-6)
+    assert result.val[contract.VAL_LOSS] == pytest.approx(min(val_losses), rel=1e-6)
     assert result.best_epoch == val_losses.index(min(val_losses)) + 1
     if local_search:
         assert sorted(result.diagnostics["permutation"]) == list(range(N_EXPERTS))
@@ -104,7 +105,7 @@ def test_early_stopping_respects_patience_when_nothing_improves(data):
     # lr 1e-12 is below float32 resolution of the weights: the model cannot improve after epoch 1
     calls = []
     result = make_trainer(data, lr=1e-12, max_epochs=10, patience=3).fit(lambda e, m: calls.append(e))
-    val_losses = [h[schema.VAL_LOSS] for h in result.history]
+    val_losses = [h[contract.VAL_LOSS] for h in result.history]
     assert result.epochs_run == expected_stop(val_losses, 3, 10) < 10
     assert result.epochs_run == 4 and result.best_epoch == 1
     assert calls == list(range(1, result.epochs_run + 1))
@@ -114,14 +115,14 @@ def test_early_stopping_restores_the_best_weights():
     # a high lr on little data overfits after a few epochs, so the best epoch is not the last one
     trainer = make_trainer(fresh_data(), lr=3e-2, batch_size=64, max_epochs=10, patience=3)
     result = trainer.fit()
-    val_losses = [h[schema.VAL_LOSS] for h in result.history]
+    val_losses = [h[contract.VAL_LOSS] for h in result.history]
     assert result.best_epoch < result.epochs_run, "test setup: expected the run to get worse after its best epoch"
     assert result.epochs_run == expected_stop(val_losses, 3, 10)
     assert result.epochs_run == result.best_epoch + 3
     best = result.history[result.best_epoch - 1]
     for key, value in result.val.items():
         assert value == pytest.approx(best[key], rel=1e-6, abs=1e-7), key
-    assert result.val[schema.VAL_LOSS] != pytest.approx(result.history[-1][schema.VAL_LOSS], rel=1e-4)
+    assert result.val[contract.VAL_LOSS] != pytest.approx(result.history[-1][contract.VAL_LOSS], rel=1e-4)
     assert trainer.evaluate("test") == pytest.approx(result.test)
 
 
@@ -129,7 +130,7 @@ def test_best_weights_restored_with_local_search():
     trainer = make_trainer(fresh_data(), "topk", local_search=True, e_perm=1, lr=3e-2, batch_size=64, max_epochs=8, patience=2)
     result = trainer.fit()
     best = result.history[result.best_epoch - 1]
-    assert result.val[schema.VAL_LOSS] == pytest.approx(best[schema.VAL_LOSS], rel=1e-6)
+    assert result.val[contract.VAL_LOSS] == pytest.approx(best[contract.VAL_LOSS], rel=1e-6)
     assert trainer.model.local_search.frozen  # best epoch >= e_perm = 1: the frozen permutation came back
 
 
@@ -169,7 +170,7 @@ def test_missing_targets_are_skipped_even_when_nan():
     for split in data.splits.values():
         split.targets[~split.masks[:, 1], 1] = float("nan")
     result = make_trainer(data, max_epochs=2).fit()
-    assert all(math.isfinite(h[schema.TRAIN_LOSS]) and math.isfinite(h[schema.VAL_LOSS]) for h in result.history)
+    assert all(math.isfinite(h[contract.TRAIN_LOSS]) and math.isfinite(h[contract.VAL_LOSS]) for h in result.history)
 
 
 # --- callbacks, metrics, diagnostics -----------------------------------------------------------------
@@ -179,35 +180,35 @@ def test_on_epoch_called_once_per_epoch_with_losses(data):
     result = make_trainer(data, max_epochs=3).fit(lambda epoch, metrics: seen.append((epoch, dict(metrics))))
     assert [e for e, _ in seen] == [1, 2, 3] == [h["epoch"] for h in result.history]
     for (epoch, metrics), entry in zip(seen, result.history):
-        assert math.isfinite(metrics[schema.TRAIN_LOSS]) and math.isfinite(metrics[schema.VAL_LOSS])
+        assert math.isfinite(metrics[contract.TRAIN_LOSS]) and math.isfinite(metrics[contract.VAL_LOSS])
         assert {"epoch": epoch, **metrics} == entry
 
 
 def test_final_metrics_use_schema_names(data):
     result = make_trainer(data, max_epochs=2).fit()
     metrics = result.final_metrics()
-    expected = {"best_val_loss", "test_loss", "test_click_auc", "test_rating_mse", schema.WALL_SECONDS,
-                schema.CPU_SECONDS, schema.ACTIVE_EXPERTS, schema.BEST_EPOCH, "best_val_click_auc",
+    expected = {"best_val_loss", "test_loss", "test_click_auc", "test_rating_mse", contract.WALL_SECONDS,
+                contract.CPU_SECONDS, contract.ACTIVE_EXPERTS, contract.BEST_EPOCH, "best_val_click_auc",
                 "best_val_rating_mse", "routing_nmi"}
     assert expected <= metrics.keys()
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert 0.0 <= metrics["test_click_auc"] <= 1.0
-    assert metrics[schema.WALL_SECONDS] > 0 and metrics[schema.CPU_SECONDS] > 0
-    assert metrics["best_val_loss"] == result.val[schema.VAL_LOSS]
-    assert metrics[schema.BEST_EPOCH] == float(result.best_epoch)
+    assert metrics[contract.WALL_SECONDS] > 0 and metrics[contract.CPU_SECONDS] > 0
+    assert metrics["best_val_loss"] == result.val[contract.VAL_LOSS]
+    assert metrics[contract.BEST_EPOCH] == float(result.best_epoch)
 
 
 def test_val_loss_is_the_task_weighted_sum(data):
     trainer = make_trainer(data, task_weights=[0.0, 1.0])
     metrics = trainer.evaluate("val")
-    assert metrics[schema.VAL_LOSS] == pytest.approx(metrics["val_rating_mse"], rel=1e-5)
+    assert metrics[contract.VAL_LOSS] == pytest.approx(metrics["val_rating_mse"], rel=1e-5)
 
 
 @pytest.mark.parametrize("gate, k", [("topk", 2), ("hash", 1), ("softmax", N_EXPERTS)])
 def test_active_experts_per_sample(data, gate, k):
     result = make_trainer(data, gate, max_epochs=1).fit()
     assert result.diagnostics["active_experts_mean"] == pytest.approx(k)
-    assert result.final_metrics()[schema.ACTIVE_EXPERTS] == pytest.approx(k)
+    assert result.final_metrics()[contract.ACTIVE_EXPERTS] == pytest.approx(k)
     loads = result.diagnostics["expert_load_per_task"]
     assert len(loads) == 2 and all(sum(load) == pytest.approx(k) for load in loads)
 

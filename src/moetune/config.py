@@ -1,283 +1,245 @@
-"""The validated shape of a study's config, and the search space written in YAML.
+"""The one typed shape of a study's config, from Hydra to the trial, and its one set of defaults.
 
-Hydra composes the config; `load_study_config` checks it against these dataclasses (types, ranges,
-search-space entries) so bad input fails with one clear line before Ray, MLflow or data are touched.
+Hydra composes YAML over these dataclasses (registered as the schema of ``conf/config.yaml``);
+``moetune.tuning.hydra_config`` turns the composed config into a ``StudyConfig`` once, on the driver.
+Range and choice checks live in the types (``__post_init__``), so a bad value fails where it is made;
+checks that span fields are in ``check_study``. A trial receives the same ``StudyConfig`` with its
+sampled values put in place (``StudyConfig.for_trial``) and checks nothing again.
+
+This module imports neither torch nor Hydra: trial workers and the estimator can load it cheaply.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import optuna
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 from moetune.errors import ConfigError
-from moetune.gates import gate_class
-from moetune.model import GateConfig, LocalSearchConfig, ModelConfig, validate_model_config
-from moetune.training import TrainConfig, validate_train_config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: Any, choices: tuple) -> None:
+    _require(value in choices, f"{key} must be one of {', '.join(map(str, choices))} (got {value!r})")
 
 
 @dataclass
-class SweepSchema:
-    name: str = "sweep"
-    export: bool = True
+class SweepConfig:
+    name: str = "sweep"  # conf/config.yaml names it by the start time; re-run with sweep.name=<name> to resume
+    export: bool = True  # write budget-vs-quality curves when a multirun ends
 
 
 @dataclass
-class LocalSearchSchema(LocalSearchConfig):
-    name: str = "off"
+class ModelConfig:
+    """Architecture. expert_type "mlp" runs experts on the bottom's features, "cnn" on the raw image."""
+
+    n_experts: int = 16
+    expert_type: str = "mlp"
+    expert_hidden: list[int] = field(default_factory=lambda: [256])
+    expert_dropout: float = 0.5
+    embed_dim: int = 128
+    dense_hidden: list[int] = field(default_factory=lambda: [64])
+    head_hidden: list[int] = field(default_factory=lambda: [256])
+    compute: str = "auto"  # auto | dense | sparse: how experts run when the gate is sparse
+
+    def __post_init__(self) -> None:
+        _require(self.n_experts >= 2, f"model.n_experts must be at least 2 (got {self.n_experts})")
+        _one_of("model.expert_type", self.expert_type, ("mlp", "cnn"))
+        _one_of("model.compute", self.compute, ("auto", "dense", "sparse"))
+        _require(
+            self.expert_type != "mlp" or bool(self.expert_hidden),
+            "model.expert_hidden must list at least one layer width for mlp experts (got [])",
+        )
+        for name in ("expert_hidden", "dense_hidden", "head_hidden"):
+            sizes = list(getattr(self, name))
+            _require(all(int(s) > 0 for s in sizes), f"model.{name} sizes must be positive (got {sizes})")
+        _require(self.embed_dim > 0, f"model.embed_dim must be positive (got {self.embed_dim})")
+        _require(
+            0.0 <= self.expert_dropout < 1.0, f"model.expert_dropout must be in [0, 1) (got {self.expert_dropout})"
+        )
 
 
 @dataclass
-class TunerSchema:
+class GateConfig:
+    """Which gate (a module of moetune.moe.gates) and its keys; ``params`` holds the gate's own keys."""
+
+    name: str = "topk"
+    k: int = 2
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 1, f"gate.k must be at least 1 (got k={self.k})")
+
+
+@dataclass
+class LocalSearchConfig:
+    """Permutation local search for the first e_perm epochs. mixing "uniform" is the control arm: the same
+    epochs with every gate's weights mixed by the fixed uniform doubly-stochastic matrix, nothing learned.
+    e_perm_fraction (the authors' code: int(fraction * max_epochs)) replaces e_perm when set."""
+
+    name: str = "off"  # the arm: off | on | warmup
+    enabled: bool = False
+    e_perm: int = 5
+    zeta: float = 1e-4
+    noise: float = 0.0  # Gumbel noise factor; the authors' configs use 0.0
+    mixing: str = "learned"  # learned | uniform
+    e_perm_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("local_search.mixing", self.mixing, ("learned", "uniform"))
+        _require(not self.enabled or self.e_perm >= 1, f"local_search.e_perm must be at least 1 (got {self.e_perm})")
+        _require(
+            self.e_perm_fraction is None or 0 < self.e_perm_fraction <= 1,
+            f"local_search.e_perm_fraction must be in (0, 1] (got {self.e_perm_fraction}); "
+            "or set it to null and use e_perm",
+        )
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 10
+    patience: int = 3
+    task_weights: list[float] | None = None  # a study setting, null: equal weights
+    seed: int | None = None  # set per trial (trial_seed); null: the study's seed
+    device: str = "auto"  # auto | cpu | cuda
+    eval_batch_size: int = 8192
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            _require(getattr(self, key) >= 1, f"train.{key} must be positive (got {getattr(self, key)})")
+        _require(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be a positive number (got {self.lr})")
+        _one_of("train.device", self.device, ("auto", "cpu", "cuda"))
+        _require(
+            self.task_weights is None or all(w >= 0 for w in self.task_weights),
+            f"train.task_weights must be non-negative numbers (got {self.task_weights})",
+        )
+
+
+@dataclass
+class TunerConfig:
+    """Ray Tune: trials per study, how many at once and on what. The sampler is its own group (``sampler``)."""
+
     n_trials: int = 16
-    sampler: str = "random"
-    sampler_seed: int = 0
-    concurrency: int = 2
+    concurrency: int = 2  # trials at once; must fit in the CPUs (and GPUs) Ray has
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    ray_address: str | None = None
+    gpus_per_trial: float = 0.0  # fractional values share a GPU between trials
+    ray_address: str | None = None  # null: start Ray here; or "auto" / "ray://host:10001" for a cluster
     metric: str = "val_loss"
     mode: str = "min"
 
+    def __post_init__(self) -> None:
+        _require(self.n_trials >= 1, f"tuner.n_trials must be at least 1 (got {self.n_trials})")
+        _require(self.concurrency >= 1, f"tuner.concurrency must be at least 1 (got {self.concurrency})")
+        _one_of("tuner.mode", self.mode, ("min", "max"))
+        _require(
+            self.cpus_per_trial > 0 and self.gpus_per_trial >= 0,
+            "tuner.cpus_per_trial must be > 0 and tuner.gpus_per_trial >= 0",
+        )
+
 
 @dataclass
-class TrackingSchema:
+class TrackingConfig:
+    """Where studies and trials are recorded: ``_target_`` names the backend (moetune.tracking)."""
+
+    _target_: str = "moetune.tracking.mlflow_store.MlflowTracking"
     uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"
     experiment: str = "moetune"
 
 
-@dataclass
-class TrainSchema(TrainConfig):
-    seed: int | None = None  # each trial gets its own (trial_seed); null here: the study seed
-
-
-@dataclass
-class StudySchema:
-    sweep: SweepSchema = field(default_factory=SweepSchema)
-    seed: int = 0
-    dataset: dict = field(default_factory=lambda: {"name": "synthetic"})
-    model: ModelConfig = field(default_factory=ModelConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    local_search: LocalSearchSchema = field(default_factory=LocalSearchSchema)
-    train: TrainSchema = field(default_factory=TrainSchema)
-    search_space: dict = field(default_factory=dict)
-    tuner: TunerSchema = field(default_factory=TunerSchema)
-    tracking: TrackingSchema = field(default_factory=TrackingSchema)
-
-
-DISTRIBUTION_TYPES = ("loguniform", "uniform", "int", "categorical")
-
-
-def to_distribution(name: str, spec: Any) -> optuna.distributions.BaseDistribution:
-    """One YAML entry -> an Optuna distribution; empty or inverted ranges are ConfigErrors."""
-    if not isinstance(spec, dict) or spec.get("type") not in DISTRIBUTION_TYPES:
-        raise ConfigError(f"search_space {name}: give a mapping with type one of {DISTRIBUTION_TYPES} (got {spec!r})")
-    kind = spec["type"]
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not choices:
-            raise ConfigError(f"search_space {name}: categorical needs a non-empty 'choices' list")
-        return optuna.distributions.CategoricalDistribution([tuple(c) if isinstance(c, list) else c for c in choices])
-    if "low" not in spec or "high" not in spec:
-        raise ConfigError(f"search_space {name}: {kind} needs 'low' and 'high'")
-    low, high = spec["low"], spec["high"]
-    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and math.isfinite(low) and math.isfinite(high)):
-        raise ConfigError(f"search_space {name}: low and high must be numbers (got {low!r}, {high!r})")
-    if low >= high:
-        raise ConfigError(f"search_space {name}: empty or inverted range low={low} >= high={high}; make low < high")
-    if kind == "int":
-        if int(low) != low or int(high) != high:
-            raise ConfigError(f"search_space {name}: int range needs integer bounds (got {low}, {high})")
-        return optuna.distributions.IntDistribution(int(low), int(high))
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"search_space {name}: loguniform needs low > 0 (got {low})")
-    return optuna.distributions.FloatDistribution(float(low), float(high), log=kind == "loguniform")
-
-
-SECTIONS = ("train", "gate", "local_search", "fixed_with_local_search")
-# study settings, never sampled: task weights change the scale of the validation loss that selects
-# a trial, the seed is derived per trial (trial_seed), the rest is not a hyperparameter
-STUDY_SETTINGS = {"task_weights", "seed", "device", "eval_batch_size", "max_epochs", "patience"}
-LOCAL_SEARCH_KEYS = ("e_perm", "e_perm_fraction", "zeta", "noise")
-
-
-def _gate_params(gate_name: str) -> set[str]:
-    return set(inspect.signature(gate_class(gate_name).__init__).parameters) - {"self", "in_dim", "n_experts", "k"}
-
-
-def build_search_space(space: dict, gate_name: str, local_search_on: bool) -> dict[str, optuna.distributions.BaseDistribution]:
-    """Flat {"train.lr": dist, "gate.gamma": dist, "local_search.e_perm": dist} for this gate and local search.
-
-    With local search on (or its warm-up control), gate keys listed in `fixed_with_local_search.<gate>`
-    are not searched: `fixed_gate_params` puts their fixed values in place (COMET+ fixes gamma = 10)."""
-    unknown = sorted(set(space) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"search_space has unknown sections {unknown}; use {', '.join(SECTIONS)}")
-    space = _drop_nulls(space)
-    out = {}
-    train_keys = set(TrainConfig.__dataclass_fields__)
-    for key, spec in (space.get("train") or {}).items():
-        if key in STUDY_SETTINGS:
-            hint = (" sweep it instead, e.g. -m 'train.task_weights=[0.1,0.9],[0.9,0.1]' (selection would compare "
-                    "validation losses of different scales)" if key == "task_weights" else "")
-            raise ConfigError(f"search_space train.{key}: a study setting, not a hyperparameter; remove it from the "
-                              f"search space{';' + hint if hint else ''}")
-        if key not in train_keys:
-            raise ConfigError(f"search_space train.{key}: not a train setting; choose from {sorted(train_keys - STUDY_SETTINGS)}")
-        out[f"train.{key}"] = to_distribution(f"train.{key}", spec)
-    gate_params = _gate_params(gate_name)
-    fixed = fixed_gate_params(space, gate_name, local_search_on)
-    for key, spec in ((space.get("gate") or {}).get(gate_name) or {}).items():
-        if key not in gate_params:
-            raise ConfigError(f"search_space gate.{gate_name}.{key}: gate {gate_name!r} has no such parameter; it takes {sorted(gate_params)}")
-        if key not in fixed:
-            out[f"gate.{key}"] = to_distribution(f"gate.{gate_name}.{key}", spec)
-    if local_search_on:
-        entries = space.get("local_search") or {}
-        for key, spec in entries.items():
-            if key not in LOCAL_SEARCH_KEYS:
-                raise ConfigError(f"search_space local_search.{key}: choose from {list(LOCAL_SEARCH_KEYS)}")
-            out[f"local_search.{key}"] = to_distribution(f"local_search.{key}", spec)
-        if "e_perm" in entries and "e_perm_fraction" in entries:
-            raise ConfigError("search_space local_search: search e_perm (epochs, the supplement) or e_perm_fraction "
-                              "(of train.max_epochs, the authors' code), not both")
-    return out
-
-
-def _drop_nulls(space: dict) -> dict:
-    """An entry set to null is not searched (how a preset removes an entry its base search space has)."""
-    def clean(section):
-        return {k: v for k, v in (section or {}).items() if v is not None}
-    return {"train": clean(space.get("train")), "local_search": clean(space.get("local_search")),
-            "gate": {g: clean(entries) for g, entries in (space.get("gate") or {}).items()},
-            "fixed_with_local_search": space.get("fixed_with_local_search") or {}}
-
-
-def fixed_gate_params(space: dict, gate_name: str, local_search_on: bool) -> dict[str, Any]:
-    """Gate parameters the search space fixes when local search is on: {"gamma": 10.0} for COMET+."""
-    fixed = dict(((space.get("fixed_with_local_search") or {}).get(gate_name) or {}))
-    unknown = sorted(set(fixed) - _gate_params(gate_name))
-    if unknown:
-        raise ConfigError(f"search_space fixed_with_local_search.{gate_name}: gate {gate_name!r} has no parameter(s) {unknown}")
-    for key, value in fixed.items():
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"search_space fixed_with_local_search.{gate_name}.{key}: give one value (got {value!r})")
-    return fixed if local_search_on else {}
-
-
-def trial_seed(study_seed: int, trial_number: int) -> int:
-    """The seed of one trial: derived from the study's seed and the trial's number, so every trial of a
-    random search starts from its own initialization (as in the authors' code) and can be reproduced."""
-    return int(np.random.SeedSequence([int(study_seed), int(trial_number)]).generate_state(1)[0])
-
-
-def apply_sampled(base: dict, sampled: dict[str, Any]) -> dict:
-    """A copy of the plain config with sampled values put in place ("gate.gamma" -> gate.params.gamma)."""
-    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    cfg["gate"] = {**cfg["gate"], "params": dict(cfg["gate"].get("params") or {})}
-    for name, value in sampled.items():
-        section, key = name.split(".", 1)
-        value = list(value) if isinstance(value, tuple) else value
-        if section == "gate":
-            cfg["gate"]["params"][key] = value
-        else:
-            cfg[section][key] = value
-    return cfg
-
-
-def weights_label(task_weights) -> str:
+def weights_label(task_weights: list[float] | None) -> str:
     """How a study's task weighting reads in its key and tags: "equal" or "0.1_0.9"."""
     return "equal" if not task_weights else "_".join(f"{float(w):g}" for w in task_weights)
 
 
-def study_key(gate: str, local_search: str, dataset: str, seed, task_weights=None) -> str:
+def study_key(gate: str, local_search: str, dataset: str, seed: Any, task_weights: Any = None) -> str:
     """A study's identity inside a sweep: gate, local search arm, dataset, task weighting (when set), seed."""
     weights = f"-tw{weights_label(task_weights)}" if task_weights else ""
     return f"{gate}-ls_{local_search}-{dataset}{weights}-seed{seed}"
 
 
-# Hydra names each study's folder with the same key: ${study_key:${gate.name},...} in conf/config.yaml
-if not OmegaConf.has_resolver("study_key"):
-    OmegaConf.register_new_resolver("study_key", study_key)
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The seed of one trial: derived from the study's seed and the trial's number, so every trial of a
+    random search starts from its own initialization (as in the authors' code) and can be reproduced."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(study_seed), int(trial_number)]).generate_state(1)[0])
 
 
 @dataclass
 class StudyConfig:
-    """Everything one study needs, validated: plain dicts for Ray, dataclasses for training."""
+    """Everything one study needs. ``search_space`` stays as written in YAML (moetune.tuning.search_space
+    turns it into Optuna distributions); ``sampler`` is a Hydra ``_target_`` node for an Optuna sampler."""
 
-    plain: dict
-    search_space: dict[str, optuna.distributions.BaseDistribution]
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    seed: int = 0
+    dataset: dict[str, Any] = field(default_factory=lambda: {"name": "synthetic"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    local_search: LocalSearchConfig = field(default_factory=LocalSearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search_space: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
+    )
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def study_key(self) -> str:
-        p = self.plain
-        return study_key(p["gate"]["name"], p["local_search"]["name"], p["dataset"]["name"], p["seed"],
-                         p["train"]["task_weights"])
+        return study_key(
+            self.gate.name, self.local_search.name, self.dataset["name"], self.seed, self.train.task_weights
+        )
+
+    @property
+    def sampler_name(self) -> str:
+        """The sampler as its tag reads: optuna.samplers.TPESampler -> "tpe", RandomSampler -> "random"."""
+        return self.sampler["_target_"].rsplit(".", 1)[-1].removesuffix("Sampler").lower()
+
+    def for_trial(self, sampled: dict[str, Any] | None = None) -> StudyConfig:
+        """This config with a trial's sampled values in place ("gate.gamma" -> gate.params["gamma"],
+        "train.seed" -> train.seed), the seed defaulting to the study's, and an E_perm given as a
+        fraction of the epochs turned into epochs: int(fraction * max_epochs), at least 1."""
+        sections: dict[str, dict[str, Any]] = {"train": {}, "local_search": {}, "gate": {}}
+        for name, value in (sampled or {}).items():
+            section, key = name.split(".", 1)
+            sections[section][key] = list(value) if isinstance(value, tuple) else value
+        train = dataclasses.replace(self.train, **sections["train"])
+        if train.seed is None:
+            train = dataclasses.replace(train, seed=self.seed)
+        ls = dataclasses.replace(self.local_search, **sections["local_search"])
+        if ls.e_perm_fraction is not None:
+            ls = dataclasses.replace(ls, e_perm=max(1, int(ls.e_perm_fraction * train.max_epochs)))
+        gate = dataclasses.replace(self.gate, params={**self.gate.params, **sections["gate"]})
+        return dataclasses.replace(self, train=train, local_search=ls, gate=gate)
 
 
-def training_configs(plain: dict) -> tuple[ModelConfig, GateConfig, LocalSearchConfig, TrainConfig]:
-    """Dataclasses for the trainer. The trial's seed (train.seed, set per trial) defaults to the study
-    seed; an E_perm given as a fraction of the epochs becomes int(fraction * max_epochs), at least 1."""
-    ls = {k: v for k, v in plain["local_search"].items() if k != "name"}
-    train = dict(plain["train"])
-    if train.get("seed") is None:
-        train["seed"] = plain["seed"]
-    train = TrainConfig(**train)
-    if ls.get("e_perm_fraction") is not None:
-        ls["e_perm"] = max(1, int(ls["e_perm_fraction"] * train.max_epochs))
-    return ModelConfig(**plain["model"]), GateConfig(**plain["gate"]), LocalSearchConfig(**ls), train
+def check_study(config: StudyConfig) -> None:
+    """The checks that span fields (each field's own range is checked by its type)."""
+    trial = config.for_trial()
+    model, gate, ls, train = trial.model, trial.gate, trial.local_search, trial.train
+    _require(
+        gate.name == "softmax" or gate.k <= model.n_experts,
+        f"gate.k must be between 1 and model.n_experts={model.n_experts} (got k={gate.k})",
+    )
+    _require(
+        not ls.enabled or ls.e_perm <= train.max_epochs,
+        f"local_search.e_perm={ls.e_perm} exceeds train.max_epochs={train.max_epochs}; "
+        "lower e_perm or raise max_epochs",
+    )
 
 
-def load_study_config(cfg: DictConfig) -> StudyConfig:
-    """Validate a composed Hydra config; raises ConfigError with one line naming the key and the fix."""
-    try:
-        # resolve in Hydra's own config first: its resolver cache holds the multirun's ${now:...},
-        # so every job of a multirun gets the same sweep name (a merged copy would re-resolve it)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        merged = OmegaConf.merge(OmegaConf.structured(StudySchema), resolved)
-        plain = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as exc:
-        first = str(exc).strip().splitlines()[0]
-        key = getattr(exc, "full_key", None)
-        raise ConfigError(f"config {key}: {first}" if key else f"config: {first}") from None
-    fraction = plain["local_search"].get("e_perm_fraction")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ConfigError(f"local_search.e_perm_fraction must be in (0, 1] (got {fraction}); or set it to null and use e_perm")
-    plain["gate"]["params"].update(fixed_gate_params(plain["search_space"], plain["gate"]["name"],
-                                                     plain["local_search"]["enabled"]))
-    model, gate, ls, train = training_configs(plain)
-    validate_model_config(model, gate, ls)
-    # task_weights' length is checked against the dataset's tasks once the data is loaded
-    validate_train_config(dataclasses.replace(train, task_weights=None), 1, ls)
-    tuner = plain["tuner"]
-    if tuner["n_trials"] < 1:
-        raise ConfigError(f"tuner.n_trials must be at least 1 (got {tuner['n_trials']})")
-    if tuner["concurrency"] < 1:
-        raise ConfigError(f"tuner.concurrency must be at least 1 (got {tuner['concurrency']})")
-    if tuner["sampler"] not in ("random", "tpe"):
-        raise ConfigError(f"tuner.sampler must be random or tpe (got {tuner['sampler']!r})")
-    if tuner["mode"] not in ("min", "max"):
-        raise ConfigError(f"tuner.mode must be min or max (got {tuner['mode']!r})")
-    if tuner["cpus_per_trial"] <= 0 or tuner["gpus_per_trial"] < 0:
-        raise ConfigError("tuner.cpus_per_trial must be > 0 and tuner.gpus_per_trial >= 0")
-    space = build_search_space(plain["search_space"], gate.name, ls.enabled)
-    if ls.enabled and "local_search.e_perm" in space:
-        high = space["local_search.e_perm"].high
-        if high > train.max_epochs:
-            raise ConfigError(f"search_space local_search.e_perm reaches {high} > train.max_epochs={train.max_epochs}; lower it or raise max_epochs")
-        if fraction is not None:
-            raise ConfigError("search_space local_search.e_perm is searched but local_search.e_perm_fraction is set; "
-                              "set local_search.e_perm_fraction=null or search e_perm_fraction instead")
-    if ls.enabled and "local_search.e_perm_fraction" in space:
-        dist = space["local_search.e_perm_fraction"]
-        low, high = (dist.low, dist.high) if hasattr(dist, "low") else (min(dist.choices), max(dist.choices))
-        if not 0 < low <= high <= 1:
-            raise ConfigError(f"search_space local_search.e_perm_fraction must lie in (0, 1] (got {low}..{high})")
-    return StudyConfig(plain=plain, search_space=space)
+def check_tasks(config: StudyConfig, n_tasks: int) -> None:
+    """The one check that needs the dataset: one task weight per task."""
+    weights = config.train.task_weights
+    _require(
+        weights is None or len(weights) == n_tasks,
+        f"train.task_weights must be {n_tasks} non-negative numbers (got {weights})",
+    )

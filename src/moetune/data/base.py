@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
-TASK_KINDS = ("binary", "regression", "multiclass")
+from moetune.contract import TASK_KINDS
+
 INPUT_KINDS = ("ids", "dense", "image")
 
 
 @dataclass(frozen=True)
 class Task:
-    """One prediction task. binary -> ROC AUC, regression -> MSE, multiclass -> accuracy."""
+    """One prediction task; its kind (moetune.contract.TASK_KINDS) gives its loss, metric and direction."""
 
     name: str
     kind: str
@@ -24,7 +25,7 @@ class Task:
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
-            raise ValueError(f"task {self.name!r}: kind {self.kind!r} is not one of {TASK_KINDS}")
+            raise ValueError(f"task {self.name!r}: kind {self.kind!r} is not one of {sorted(TASK_KINDS)}")
 
     @property
     def out_dim(self) -> int:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from moetune.errors import ConfigError
-from moetune.gates.base import Gate, GateOutput, entropy, safe_log, smooth_step
+from moetune.moe.gates.base import Gate, GateOutput, entropy, safe_log, smooth_step
 
 
 class CometGate(Gate):

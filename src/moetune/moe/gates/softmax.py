@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from moetune.gates.base import Gate, GateOutput
+from moetune.moe.gates.base import Gate, GateOutput
 
 
 class SoftmaxGate(Gate):

@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from moetune.gates.base import entropy
+from moetune.moe.gates.base import entropy
 
 TAU_START, TAU_END = 1e-3, 1e-7
 ITERS_START, ITERS_END = 20, 150

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from moetune.errors import ConfigError
-from moetune.gates.base import Gate, GateOutput, entropy, smooth_step
+from moetune.moe.gates.base import Gate, GateOutput, entropy, smooth_step
 
 
 class DSelectKGate(Gate):

@@ -12,23 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from moetune import schema
+from moetune import contract
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig, TrainConfig
+from moetune.contract import TASK_KINDS, FinalReport
 from moetune.data.base import MultiTaskData, Split, Task
 from moetune.errors import ConfigError, TrainingDivergedError
-from moetune.metrics import normalized_mutual_info, roc_auc
-from moetune.model import GateConfig, LocalSearchConfig, MMoE, ModelConfig
-
-
-@dataclass
-class TrainConfig:
-    lr: float = 1e-3
-    batch_size: int = 512
-    max_epochs: int = 20
-    patience: int = 5
-    task_weights: list[float] | None = None  # None: equal weights
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    eval_batch_size: int = 8192
+from moetune.moe import MMoE
+from moetune.training.metrics import normalized_mutual_info, roc_auc
 
 
 @dataclass
@@ -45,16 +35,19 @@ class TrainResult:
     cpu_seconds: float = 0.0
 
     def final_metrics(self) -> dict[str, float]:
-        """Flat metric names (schema.py) for logging: best_val_*, test_*, timings, diagnostics."""
+        """The final metrics of the trial-report contract: best_val_*, test_*, timings, active experts."""
         out = {f"best_{k}": v for k, v in self.val.items()}
         out.update(self.test)
-        out[schema.BEST_EPOCH] = float(self.best_epoch)
-        out[schema.WALL_SECONDS] = self.wall_seconds
-        out[schema.CPU_SECONDS] = self.cpu_seconds
-        out[schema.ACTIVE_EXPERTS] = self.diagnostics["active_experts_mean"]
-        if "routing_nmi" in self.diagnostics:
-            out["routing_nmi"] = self.diagnostics["routing_nmi"]
+        out[contract.BEST_EPOCH] = float(self.best_epoch)
+        out[contract.WALL_SECONDS] = self.wall_seconds
+        out[contract.CPU_SECONDS] = self.cpu_seconds
+        out[contract.ACTIVE_EXPERTS] = self.diagnostics[contract.ACTIVE_EXPERTS]
+        if contract.ROUTING_NMI in self.diagnostics:
+            out[contract.ROUTING_NMI] = self.diagnostics[contract.ROUTING_NMI]
         return out
+
+    def report(self) -> FinalReport:
+        return FinalReport(self.final_metrics(), self.diagnostics)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -71,21 +64,20 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is available; use device=auto or cpu")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device must be auto, cpu or cuda (got {name!r})")
     return torch.device(name)
 
 
-def validate_train_config(cfg: TrainConfig, n_tasks: int, local_search: LocalSearchConfig) -> None:
-    for key in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"train.{key} must be positive (got {getattr(cfg, key)})")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"train.lr must be a positive number (got {cfg.lr})")
-    if cfg.task_weights is not None and (len(cfg.task_weights) != n_tasks or any(w < 0 for w in cfg.task_weights)):
-        raise ConfigError(f"train.task_weights must be {n_tasks} non-negative numbers (got {cfg.task_weights})")
-    if local_search.enabled and local_search.e_perm > cfg.max_epochs:
-        raise ConfigError(f"local_search.e_perm={local_search.e_perm} exceeds train.max_epochs={cfg.max_epochs}; lower e_perm or raise max_epochs")
+# per-sample losses and whole-split metrics, by the names the task-kind table (moetune.contract) gives
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "binary_cross_entropy": lambda out, y: F.binary_cross_entropy_with_logits(out.squeeze(1), y, reduction="none"),
+    "squared_error": lambda out, y: (out.squeeze(1) - y).pow(2),
+    "cross_entropy": lambda out, y: F.cross_entropy(out, y.long().clamp_min(0), reduction="none"),
+}
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "auc": lambda y, pred: roc_auc(y, pred[:, 0]) if np.isfinite(pred).all() else float("nan"),
+    "mse": lambda y, pred: float(((pred[:, 0] - y) ** 2).mean()),
+    "accuracy": lambda y, pred: float((pred.argmax(1) == y).mean()),
+}
 
 
 def task_losses(tasks: list[Task], outputs: list[torch.Tensor], targets: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -94,12 +86,7 @@ def task_losses(tasks: list[Task], outputs: list[torch.Tensor], targets: torch.T
     for t, (task, out) in enumerate(zip(tasks, outputs)):
         # a missing target may hold anything (NaN too); zero it so its skipped loss stays finite
         y, m = targets[:, t].masked_fill(~masks[:, t], 0.0), masks[:, t].to(out.dtype)
-        if task.kind == "binary":
-            per = F.binary_cross_entropy_with_logits(out.squeeze(1), y, reduction="none")
-        elif task.kind == "regression":
-            per = (out.squeeze(1) - y).pow(2)
-        else:
-            per = F.cross_entropy(out, y.long().clamp_min(0), reduction="none")
+        per = LOSSES[TASK_KINDS[task.kind].loss](out, y)
         losses.append((per * m).sum() / m.sum().clamp_min(1.0))
     return torch.stack(losses)
 
@@ -109,12 +96,13 @@ class Trainer:
 
     def __init__(self, data: MultiTaskData, model_cfg: ModelConfig, gate_cfg: GateConfig,
                  ls_cfg: LocalSearchConfig, train_cfg: TrainConfig):
-        validate_train_config(train_cfg, len(data.tasks), ls_cfg)
+        # the config was checked once, on the driver (moetune.config); a trial does not check it again
         self.data = data
         self.cfg = train_cfg
+        self.seed = 0 if train_cfg.seed is None else train_cfg.seed
         self.ls_cfg = ls_cfg
         self.device = resolve_device(train_cfg.device)
-        torch.manual_seed(train_cfg.seed)
+        torch.manual_seed(self.seed)
         self.model = MMoE(data, model_cfg, gate_cfg, ls_cfg).to(self.device)
         self.init_digest = weights_digest(self.model)
         weights = train_cfg.task_weights or [1.0] * len(data.tasks)
@@ -125,8 +113,8 @@ class Trainer:
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         cfg, model = self.cfg, self.model
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-        torch.manual_seed(cfg.seed)  # dropout and noise draw from the global generator: same seed, same run
-        generator = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(self.seed)  # dropout and noise draw from the global generator: same seed, same run
+        generator = torch.Generator().manual_seed(self.seed)
         train = self.splits["train"]
         n_batches = math.ceil(len(train) / cfg.batch_size)
         ls = model.local_search
@@ -153,15 +141,15 @@ class Trainer:
             bad = [task.name for task, v in zip(self.data.tasks, train_losses) if not math.isfinite(v)]
             if bad:
                 raise TrainingDivergedError(epoch, f"non-finite training loss for task(s) {bad} (lower train.lr?)")
-            metrics = {schema.TRAIN_LOSS: float((self.task_weights.cpu() * torch.tensor(train_losses)).sum())}
+            metrics = {contract.TRAIN_LOSS: float((self.task_weights.cpu() * torch.tensor(train_losses)).sum())}
             metrics.update(self.evaluate("val"))
-            if not math.isfinite(metrics[schema.VAL_LOSS]):
+            if not math.isfinite(metrics[contract.VAL_LOSS]):
                 raise TrainingDivergedError(epoch, "non-finite validation loss")
             history.append({"epoch": epoch, **metrics})
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-            if metrics[schema.VAL_LOSS] < best_loss:
-                best_loss, best_epoch, stale = metrics[schema.VAL_LOSS], epoch, 0
+            if metrics[contract.VAL_LOSS] < best_loss:
+                best_loss, best_epoch, stale = metrics[contract.VAL_LOSS], epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 stale += 1
@@ -198,14 +186,8 @@ class Trainer:
         for t, (task, out) in enumerate(zip(self.data.tasks, outputs)):
             mask = split.masks[:, t]
             y, pred = split.targets[mask, t].cpu().numpy(), out[mask].float().cpu().numpy()
-            name = schema.task_metric_name(split_name, task.name, schema.TASK_METRIC[task.kind])
-            if task.kind == "binary":
-                finite = np.isfinite(pred).all()
-                metrics[name] = roc_auc(y, pred[:, 0]) if finite else float("nan")
-            elif task.kind == "regression":
-                metrics[name] = float(((pred[:, 0] - y) ** 2).mean())
-            else:
-                metrics[name] = float((pred.argmax(1) == y).mean())
+            metric = TASK_KINDS[task.kind].metric
+            metrics[contract.task_metric_name(split_name, task.name, metric)] = METRICS[metric](y, pred)
         return metrics
 
     def diagnostics(self, split_name: str) -> dict:

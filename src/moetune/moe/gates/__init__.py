@@ -1,4 +1,4 @@
-"""Gates by name: the module moetune.gates.<name> defines GATE, a Gate subclass."""
+"""Gates by name: the module moetune.moe.gates.<name> defines GATE, a Gate subclass."""
 from __future__ import annotations
 
 import importlib
@@ -6,7 +6,7 @@ import inspect
 import pkgutil
 
 from moetune.errors import ConfigError
-from moetune.gates.base import Gate, GateOutput, smooth_step
+from moetune.moe.gates.base import Gate, GateOutput, smooth_step
 
 __all__ = ["Gate", "GateOutput", "available_gates", "build_gate", "gate_class", "smooth_step"]
 
@@ -18,7 +18,7 @@ def available_gates() -> list[str]:
 def gate_class(name: str) -> type[Gate]:
     if name not in available_gates():
         raise ConfigError(f"unknown gate {name!r}; choose one of {available_gates()}")
-    return importlib.import_module(f"moetune.gates.{name}").GATE
+    return importlib.import_module(f"moetune.moe.gates.{name}").GATE
 
 
 def build_gate(name: str, in_dim: int, n_experts: int, **params) -> Gate:

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from moetune.errors import ConfigError
-from moetune.gates.base import Gate, GateOutput
+from moetune.moe.gates.base import Gate, GateOutput
 
 
 class HashGate(Gate):

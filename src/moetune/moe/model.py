@@ -1,53 +1,17 @@
 """MMoE for T tasks: a shared bottom, n experts, one gate per task (plus optional local search), one head per task."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
 from moetune.data.base import MultiTaskData
 from moetune.errors import ConfigError
-from moetune.experts import CNNExperts, MLPExperts, mix
-from moetune.gates import Gate, build_gate, gate_class
-from moetune.local_search import PermutationLocalSearch, UniformMixingWarmup
-
-
-@dataclass
-class ModelConfig:
-    """Architecture. expert_type "mlp" runs experts on the bottom's features, "cnn" on the raw image."""
-
-    n_experts: int = 16
-    expert_type: str = "mlp"
-    expert_hidden: list[int] = field(default_factory=lambda: [256])
-    expert_dropout: float = 0.5
-    embed_dim: int = 128
-    dense_hidden: list[int] = field(default_factory=lambda: [64])
-    head_hidden: list[int] = field(default_factory=lambda: [256])
-    compute: str = "auto"  # auto | dense | sparse: how experts run when the gate is sparse
-
-
-@dataclass
-class GateConfig:
-    """Which gate and its keys; `params` holds gate-specific keys (gamma, entropy_weight, noisy, ...)."""
-
-    name: str = "topk"
-    k: int = 2
-    params: dict = field(default_factory=dict)
-
-
-@dataclass
-class LocalSearchConfig:
-    """Permutation local search for the first e_perm epochs. mixing "uniform" is the control arm: the same
-    epochs with every gate's weights mixed by the fixed uniform doubly-stochastic matrix, nothing learned.
-    e_perm_fraction (the authors' code: int(fraction * max_epochs)) replaces e_perm when set."""
-
-    enabled: bool = False
-    e_perm: int = 5
-    zeta: float = 1e-4
-    noise: float = 0.0  # Gumbel noise factor; the authors' configs use 0.0
-    mixing: str = "learned"  # learned | uniform
-    e_perm_fraction: float | None = None
+from moetune.moe.experts import CNNExperts, MLPExperts, mix
+from moetune.moe.gates import Gate, build_gate, gate_class
+from moetune.moe.local_search import PermutationLocalSearch, UniformMixingWarmup
 
 
 class SharedBottom(nn.Module):
@@ -102,7 +66,6 @@ class ModelOutput:
 class MMoE(nn.Module):
     def __init__(self, data: MultiTaskData, cfg: ModelConfig, gate: GateConfig, local_search: LocalSearchConfig):
         super().__init__()
-        validate_model_config(cfg, gate, local_search)
         self.cfg = cfg
         self.bottom = SharedBottom(data, cfg)
         if cfg.expert_type == "cnn":
@@ -148,29 +111,3 @@ class MMoE(nn.Module):
         expert_input = inputs["image"] if self.cfg.expert_type == "cnn" else features
         mixed = mix(self.experts, expert_input, weights, self.use_sparse_compute(weights))
         return ModelOutput([head(h) for head, h in zip(self.heads, mixed)], weights, aux)
-
-
-def validate_model_config(cfg: ModelConfig, gate: GateConfig, local_search: LocalSearchConfig) -> None:
-    """Bad sizes are caught here, before any data is touched or training starts."""
-    if cfg.n_experts < 2:
-        raise ConfigError(f"model.n_experts must be at least 2 (got {cfg.n_experts})")
-    gate_class(gate.name)
-    if gate.name != "softmax" and not 1 <= gate.k <= cfg.n_experts:
-        raise ConfigError(f"gate.k must be between 1 and model.n_experts={cfg.n_experts} (got k={gate.k})")
-    if cfg.expert_type not in ("mlp", "cnn"):
-        raise ConfigError(f"model.expert_type must be mlp or cnn (got {cfg.expert_type!r})")
-    if cfg.compute not in ("auto", "dense", "sparse"):
-        raise ConfigError(f"model.compute must be auto, dense or sparse (got {cfg.compute!r})")
-    if cfg.expert_type == "mlp" and not cfg.expert_hidden:
-        raise ConfigError("model.expert_hidden must list at least one layer width for mlp experts (got [])")
-    for name, sizes in (("expert_hidden", cfg.expert_hidden), ("dense_hidden", cfg.dense_hidden), ("head_hidden", cfg.head_hidden)):
-        if any(int(s) <= 0 for s in sizes):
-            raise ConfigError(f"model.{name} sizes must be positive (got {list(sizes)})")
-    if cfg.embed_dim <= 0:
-        raise ConfigError(f"model.embed_dim must be positive (got {cfg.embed_dim})")
-    if not 0.0 <= cfg.expert_dropout < 1.0:
-        raise ConfigError(f"model.expert_dropout must be in [0, 1) (got {cfg.expert_dropout})")
-    if local_search.mixing not in ("learned", "uniform"):
-        raise ConfigError(f"local_search.mixing must be learned or uniform (got {local_search.mixing!r})")
-    if local_search.enabled and local_search.e_perm < 1:
-        raise ConfigError(f"local_search.e_perm must be at least 1 (got {local_search.e_perm})")

@@ -1,0 +1,1 @@
+"""The command line: ``moetune`` (subcommands) and the Hydra entry point behind ``python train.py``."""

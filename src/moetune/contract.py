@@ -1,0 +1,126 @@
+"""The trial-report contract: what a trial tells the tuner, and what the tracker and the report read back.
+
+A trial reports to Ray Tune, in this order:
+
+- one ``EpochReport`` per epoch: ``train_loss``, ``val_loss`` and ``val_<task>_<metric>`` (step = epoch);
+- one ``FinalReport`` when it ends normally: ``best_val_*`` and ``test_*`` metrics at the best epoch,
+  ``best_epoch``, wall and CPU seconds, ``active_experts_mean`` (and ``routing_nmi`` where the data
+  knows its true routing), plus diagnostics as plain data (the permutation, per-expert loads, ...).
+
+Each report is one Tune result: ``{"report": "epoch" | "final", "metrics": {...}, ...}`` with the
+tuner's selection metric copied to the top level, where Tune's searcher reads it.
+
+From what Tune saw, the driver decides one ``Outcome`` per trial: FINISHED (its final report came),
+FAILED (it raised; the error's message is kept) or STOPPED (it ended without a final report: an
+interrupt today, a scheduler's early stop later). One callback records each outcome once.
+
+Also here, because the trainer and the report must agree on them: the table of task kinds (the
+loss, the metric and the metric's direction of each) and the names of the metrics.
+This module imports nothing heavy: trial workers, the tracker and the estimator all load it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---------------------------------------------------------------- task kinds
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What a task's targets are: how it is trained (loss), scored (metric) and which way is better."""
+
+    loss: str  # binary_cross_entropy | squared_error | cross_entropy (moetune.training.trainer.LOSSES)
+    metric: str  # auc | mse | accuracy (moetune.training.trainer.METRICS)
+    higher_is_better: bool
+
+
+TASK_KINDS: dict[str, TaskKind] = {
+    "binary": TaskKind(loss="binary_cross_entropy", metric="auc", higher_is_better=True),
+    "regression": TaskKind(loss="squared_error", metric="mse", higher_is_better=False),
+    "multiclass": TaskKind(loss="cross_entropy", metric="accuracy", higher_is_better=True),
+}
+
+# the direction of every metric kind a trial reports; "loss" is the task-weighted loss
+HIGHER_IS_BETTER: dict[str, bool] = {kind.metric: kind.higher_is_better for kind in TASK_KINDS.values()}
+HIGHER_IS_BETTER["loss"] = False
+
+# ---------------------------------------------------------------- metric names
+
+TRAIN_LOSS = "train_loss"  # per epoch: task-weighted training loss
+VAL_LOSS = "val_loss"  # per epoch: task-weighted validation loss, what selects a trial
+BEST_EPOCH = "best_epoch"
+WALL_SECONDS = "wall_seconds"
+CPU_SECONDS = "cpu_seconds"
+ACTIVE_EXPERTS = "active_experts_mean"
+ROUTING_NMI = "routing_nmi"
+
+
+def task_metric_name(split: str, task: str, metric: str) -> str:
+    """e.g. ("test", "watch", "auc") -> "test_watch_auc"; split in val|test|best_val."""
+    return f"{split}_{task}_{metric}"
+
+
+def higher_is_better(metric_name: str) -> bool:
+    """Direction from a metric name's last part: ..._auc, ..._accuracy up; ..._mse, ..._loss down."""
+    last = metric_name.rsplit("_", 1)[-1]
+    if last not in HIGHER_IS_BETTER:
+        raise KeyError(f"metric {metric_name!r}: unknown kind {last!r}; expected one of {sorted(HIGHER_IS_BETTER)}")
+    return HIGHER_IS_BETTER[last]
+
+
+# ---------------------------------------------------------------- reports and outcomes
+
+REPORT = "report"
+EPOCH = "epoch"
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int  # 1-based
+    metrics: dict[str, float]
+
+    def to_tune(self, selection: str) -> dict[str, Any]:
+        return {REPORT: EPOCH, EPOCH: self.epoch, "metrics": dict(self.metrics), selection: self.metrics[selection]}
+
+
+@dataclass(frozen=True)
+class FinalReport:
+    metrics: dict[str, float]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def to_tune(self, selection: str) -> dict[str, Any]:
+        return {
+            REPORT: FINAL,
+            "metrics": dict(self.metrics),
+            "diagnostics": self.diagnostics,
+            selection: self.metrics["best_" + selection],
+        }
+
+
+def parse_report(result: dict[str, Any] | None) -> EpochReport | FinalReport | None:
+    """A Tune result back into the report a trial sent; None for a result that is not one (Tune's own)."""
+    kind = (result or {}).get(REPORT)
+    if kind == EPOCH:
+        return EpochReport(int(result[EPOCH]), dict(result["metrics"]))
+    if kind == FINAL:
+        return FinalReport(dict(result["metrics"]), dict(result.get("diagnostics") or {}))
+    return None
+
+
+class Outcome(str, enum.Enum):
+    """How a trial ended; FINISHED and FAILED trials count in the budget, STOPPED ones are re-run."""
+
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+
+def outcome_of(last_result: dict[str, Any] | None, error: str | None = None) -> Outcome:
+    """The one rule: an error makes a trial FAILED, a final report FINISHED, anything else STOPPED."""
+    if error is not None:
+        return Outcome.FAILED
+    return Outcome.FINISHED if isinstance(parse_report(last_result), FinalReport) else Outcome.STOPPED

@@ -1,0 +1,33 @@
+"""The names a sweep's record is kept under, shared by every tracking backend and the report.
+
+Layout of a sweep (MLflow's terms; another backend keeps the same shape):
+- one experiment per sweep (its name is the sweep name);
+- one parent run per study, tag ROLE=STUDY, the tags below, params = the search space;
+- one nested child run per trial, tag ROLE=TRIAL and PARENT_RUN_ID, params = the sampled
+  hyperparameters, per-epoch metrics (step = epoch), final metrics, status FINISHED or FAILED;
+- one run tagged ROLE=EXPORT holding the report's files.
+"""
+
+ROLE = "moetune.role"
+STUDY = "study"
+TRIAL = "trial"
+EXPORT = "export"
+PARENT_RUN_ID = "mlflow.parentRunId"
+SWEEP = "moetune.sweep"
+STUDY_KEY = "moetune.study"  # gate/local_search/dataset/task weights/seed, unique inside a sweep
+TRIAL_ID = "moetune.trial_id"
+TRIAL_INDEX = "moetune.trial_index"  # 0-based order in which the tuner started the trial
+GATE = "gate"
+LOCAL_SEARCH = "local_search"  # "on" | "off" | "warmup" (the control arm)
+DATASET = "dataset"
+TASK_WEIGHTS = "task_weights"  # "equal" or e.g. "0.1_0.9": fixed per study, part of its identity
+HEADLINE_METRIC = "moetune.headline_metric"  # the test twin of the selection metric: the answer's metric
+SAMPLER = "sampler"  # "random" | "tpe" | ... (the Optuna sampler's class, lower case, without "Sampler")
+SEED = "seed"
+VERSION = "moetune.version"
+GIT_COMMIT = "moetune.git_commit"
+ERROR = "moetune.error"  # set on FAILED trials: the error's one-line message
+PERMUTATION = "permutation"  # the learned permutation of a local-search trial, as JSON
+INIT_DIGEST = "init_digest"  # fingerprint of the trial's initial weights
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment by its kind
+MODEL_TRAINING = "custom_model_development"

@@ -1,0 +1,51 @@
+"""Starting or joining Ray once per driver process, and checking a study fits in its resources."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import ray
+
+from moetune.config import TunerConfig
+from moetune.errors import ConfigError
+
+
+def check_ray_address(address: str | None) -> None:
+    """A quick TCP probe so an unreachable Ray address fails in seconds with one line."""
+    if not address or address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"tuner.ray_address {address!r} is unreachable ({exc}); start the cluster or set tuner.ray_address=null"
+        ) from None
+
+
+def start_ray(tuner: TunerConfig) -> dict[str, float]:
+    """Start (or join) Ray once per process and check the study fits in its resources."""
+    check_ray_address(tuner.ray_address)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # workers keep the driver's working directory
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # a failed trial gets one line from us
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        if tuner.ray_address:
+            ray.init(address=tuner.ray_address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **kwargs)
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    need_cpu = tuner.concurrency * tuner.cpus_per_trial
+    need_gpu = tuner.concurrency * tuner.gpus_per_trial
+    if need_cpu > cpus or need_gpu > gpus:
+        raise ConfigError(
+            f"tuner.concurrency={tuner.concurrency} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
+            f"but Ray has {cpus:g} CPUs and {gpus:g} GPUs; lower tuner.concurrency or the per-trial resources"
+        )
+    return resources

@@ -1,0 +1,36 @@
+"""The Ray Tune trainable: what runs in a trial worker. It imports only what training needs (no MLflow,
+Hydra, Optuna or plotting), which keeps each worker's start short, and reports by moetune.contract."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from ray import tune
+
+from moetune.config import StudyConfig
+from moetune.contract import EpochReport
+from moetune.data import MultiTaskData, load_dataset
+from moetune.training import Trainer
+
+_DATA_CACHE: dict[str, MultiTaskData] = {}
+
+
+def cached_dataset(params: dict) -> MultiTaskData:
+    """Load a dataset once per process (Ray reuses trial actors, so once per worker)."""
+    key = json.dumps(params, sort_keys=True, default=str)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_dataset(**params)
+    return _DATA_CACHE[key]
+
+
+def run_trial(sampled: dict[str, Any], study: StudyConfig) -> None:
+    """Train one sampled configuration: an EpochReport every epoch, then the FinalReport."""
+    torch.set_num_threads(max(1, int(study.tuner.cpus_per_trial)))
+    config = study.for_trial(sampled)
+    selection = study.tuner.metric
+    trainer = Trainer(cached_dataset(config.dataset), config.model, config.gate, config.local_search, config.train)
+    result = trainer.fit(on_epoch=lambda epoch, metrics: tune.report(EpochReport(epoch, metrics).to_tune(selection)))
+    tune.report(result.report().to_tune(selection))
