@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean
+.PHONY: setup run lint test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ setup: $(BIN)/python
 run: setup
 	$(BIN)/python train.py -m gate=topk,hash local_search=on,off
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src/moetune/report src/moetune/tracking src/moetune/config.py src/moetune/contract.py
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -1,7 +1,7 @@
 """moetune's sweep command: one Hydra job = one tuning study.
 
-    python train.py                                         # one quick study (top-k, no local search)
-    python train.py -m gate=topk,hash local_search=on,off   # four studies in one MLflow experiment
+python train.py                                         # one quick study (top-k, no local search)
+python train.py -m gate=topk,hash local_search=on,off   # four studies in one MLflow experiment
 """
 
 import hydra

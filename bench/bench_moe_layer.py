@@ -15,6 +15,7 @@ pairs. The reference is a square float32 torch.matmul, forward only, measured in
 Rows measured while other processes took more than NOISY of the CPUs are measured again (--tries);
 contention that /proc/stat cannot see (other VMs on the host) shows as a lower matmul figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,9 @@ from moetune.moe.gates import build_gate
 
 N_EXPERTS, D_IN, WIDTH = 16, 256, 256
 N_ROUTING_IDS = 6040  # MovieLens-1M users
-DENSE_TARGET = 0.60   # dense fwd+bwd GFLOP/s / matmul GFLOP/s
-SPARSE_TARGET = 6.0   # top-2-of-16 sparse vs dense speed-up at the large batch
-NOISY = 0.05          # other processes' CPU share above which a section's figures are flagged
+DENSE_TARGET = 0.60  # dense fwd+bwd GFLOP/s / matmul GFLOP/s
+SPARSE_TARGET = 6.0  # top-2-of-16 sparse vs dense speed-up at the large batch
+NOISY = 0.05  # other processes' CPU share above which a section's figures are flagged
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
@@ -77,7 +78,7 @@ class OtherLoad:
         end = self._sample()
         if self.start is None or end is None:
             return None
-        busy, own, wall = (b - a for a, b in zip(self.start, end))
+        busy, own, wall = (b - a for a, b in zip(self.start, end, strict=False))
         return max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
 
 
@@ -97,6 +98,7 @@ def expert_flops(rows: int) -> float:
 
 
 # ---- dense expert-layer formulations (fixed mixing weights, one task) -----------------------------------
+
 
 class Baselines:
     """The dense layer relu(x W_i + b_i) mixed by g, written three plain ways, on the same weights."""
@@ -132,6 +134,7 @@ def fwd_bwd(forward, params, grads):
         for p in params:
             p.grad = None
         torch.autograd.backward(forward(), grads)
+
     return step
 
 
@@ -193,12 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=512, help="batch for the dense-efficiency and per-gate tables")
     parser.add_argument("--sparse-batch", type=int, default=4096, help="batch for the top-2 sparse vs dense speed-up")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
-    parser.add_argument("--matmul-size", type=int, default=2048, help="square float32 matmul used as the peak reference")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--matmul-size", type=int, default=2048, help="square float32 matmul used as the peak reference"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no re-measuring (noisier)")
-    parser.add_argument("--tries", type=int, default=3,
-                        help="measure a table row again, up to this many times, while other processes disturb it")
-    parser.add_argument("--budget", type=float, default=100.0, help="seconds after which disturbed rows are no longer re-measured")
+    parser.add_argument(
+        "--tries",
+        type=int,
+        default=3,
+        help="measure a table row again, up to this many times, while other processes disturb it",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=100.0, help="seconds after which disturbed rows are no longer re-measured"
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -207,11 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     reps = 7 if args.quick else 25
     big_reps = 3 if args.quick else 9
-    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()} (cores: {os.cpu_count()}), "
-          f"load average {load_average()}")
-    print(f"shape: batch {args.batch}, {N_EXPERTS} experts {D_IN} -> {WIDTH} (one hidden layer), float32, train mode, "
-          f"forward + backward; medians of {reps} interleaved repeats; 'other' = CPU share other processes took "
-          f"while a row was measured (rows above {NOISY:.0%} are re-measured, up to {tries}x)")
+    print(
+        f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()} (cores: {os.cpu_count()}), "
+        f"load average {load_average()}"
+    )
+    print(
+        f"shape: batch {args.batch}, {N_EXPERTS} experts {D_IN} -> {WIDTH} (one hidden layer), float32, train mode, "
+        f"forward + backward; medians of {reps} interleaved repeats; 'other' = CPU share other processes took "
+        f"while a row was measured (rows above {NOISY:.0%} are re-measured, up to {tries}x)"
+    )
     shares = []
 
     # ---- 1. dense expert layer vs a large matmul ------------------------------------------------------------
@@ -225,16 +242,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = {
         "einsum (baseline)": fwd_bwd(lambda: [base.einsum(x, g)], [*common, base.w, base.b], grads),
         "bmm (baseline)": fwd_bwd(lambda: [base.bmm(x, g)], [*common, base.w, base.b], grads),
-        "fused matmul, permute per call (previous)": fwd_bwd(lambda: [base.fused_permute(x, g)], [*common, base.w, base.b], grads),
-        "moetune mix(dense)": fwd_bwd(lambda: mix(experts, x, [g], sparse=False), [*common, *experts.parameters()], grads),
+        "fused matmul, permute per call (previous)": fwd_bwd(
+            lambda: [base.fused_permute(x, g)], [*common, base.w, base.b], grads
+        ),
+        "moetune mix(dense)": fwd_bwd(
+            lambda: mix(experts, x, [g], sparse=False), [*common, *experts.parameters()], grads
+        ),
         "matmul": mm,
     }
     t, share = steady(lambda: interleaved(rows, reps), deadline, tries)
     shares.append(share)
     peak = mm_flops / t.pop("matmul") / 1e9
     flops = expert_flops(args.batch * N_EXPERTS)
-    print(f"\n[1] dense expert layer (+ mixing, fixed weights) vs torch.matmul {args.matmul_size}x{args.matmul_size} "
-          f"@ {args.matmul_size}x{args.matmul_size} float32 forward = {peak:.1f} GFLOP/s ({noise_note(share)})")
+    print(
+        f"\n[1] dense expert layer (+ mixing, fixed weights) vs torch.matmul {args.matmul_size}x{args.matmul_size} "
+        f"@ {args.matmul_size}x{args.matmul_size} float32 forward = {peak:.1f} GFLOP/s ({noise_note(share)})"
+    )
     print(f"{'formulation':44s} {'ms':>8s} {'samples/s':>10s} {'GFLOP/s':>8s} {'% matmul':>9s}")
     for name, sec in t.items():
         gf = flops / sec / 1e9
@@ -245,41 +268,78 @@ def main(argv: list[str] | None = None) -> int:
     dense_fraction = flops / t["moetune mix(dense)"] / 1e9 / peak
 
     # ---- 2. per gate: gate + experts + mixing, dense vs sparse compute ------------------------------------
-    print(f"\n[2] gate + experts + mixing at batch {args.batch}: dense path (all {N_EXPERTS} experts) vs sparse path "
-          f"(routed rows only); GFLOP/s of the expert layer; act = experts active per sample")
-    print(f"{'gate':22s} {'T':>2s} {'act':>5s} {'dense ms':>9s} {'sparse ms':>9s} {'dense smp/s':>11s} {'sparse smp/s':>12s} "
-          f"{'speed-up':>8s} {'dense GF/s':>10s} {'sparse GF/s':>11s} {'other':>6s}")
-    configs = [("softmax", 1, False), ("topk", 1, False), ("topk", 2, False), ("hash", 1, False),
-               ("dselect_k", 1, False), ("dselect_k", 1, True), ("comet", 1, False), ("comet", 1, True)]
+    print(
+        f"\n[2] gate + experts + mixing at batch {args.batch}: dense path (all {N_EXPERTS} experts) vs sparse path "
+        f"(routed rows only); GFLOP/s of the expert layer; act = experts active per sample"
+    )
+    print(
+        f"{'gate':22s} {'T':>2s} {'act':>5s} {'dense ms':>9s} "
+        f"{'sparse ms':>9s} {'dense smp/s':>11s} {'sparse smp/s':>12s} "
+        f"{'speed-up':>8s} {'dense GF/s':>10s} {'sparse GF/s':>11s} {'other':>6s}"
+    )
+    configs = [
+        ("softmax", 1, False),
+        ("topk", 1, False),
+        ("topk", 2, False),
+        ("hash", 1, False),
+        ("dselect_k", 1, False),
+        ("dselect_k", 1, True),
+        ("comet", 1, False),
+        ("comet", 1, True),
+    ]
     for name, tasks, saturated in configs:
         step, routed = gate_layer(name, tasks, args.batch, saturated)
-        t, share = steady(lambda: interleaved({"dense": lambda: step(False), "sparse": lambda: step(True)}, reps), deadline, tries)
+        t, share = steady(
+            lambda step=step: interleaved({"dense": lambda: step(False), "sparse": lambda: step(True)}, reps),
+            deadline,
+            tries,
+        )
         shares.append(share)
         label = name + (" (saturated)" if saturated else "")
-        print(f"{label:22s} {tasks:2d} {routed / args.batch:5.2f} {t['dense'] * 1e3:9.2f} {t['sparse'] * 1e3:9.2f} "
-              f"{args.batch / t['dense']:11.0f} {args.batch / t['sparse']:12.0f} {t['dense'] / t['sparse']:7.2f}x "
-              f"{expert_flops(args.batch * N_EXPERTS) / t['dense'] / 1e9:10.1f} {expert_flops(routed) / t['sparse'] / 1e9:11.1f} "
-              f"{'n/a' if share is None else f'{share:.0%}':>6s}")
+        print(
+            f"{label:22s} {tasks:2d} {routed / args.batch:5.2f} {t['dense'] * 1e3:9.2f} {t['sparse'] * 1e3:9.2f} "
+            f"{args.batch / t['dense']:11.0f} {args.batch / t['sparse']:12.0f} {t['dense'] / t['sparse']:7.2f}x "
+            f"{expert_flops(args.batch * N_EXPERTS) / t['dense'] / 1e9:10.1f} "
+            f"{expert_flops(routed) / t['sparse'] / 1e9:11.1f} "
+            f"{'n/a' if share is None else f'{share:.0%}':>6s}"
+        )
 
     # ---- 3. top-2-of-16 sparse vs dense at a large batch --------------------------------------------------
     step, routed = gate_layer("topk", 1, args.sparse_batch)
-    t, share = steady(lambda: interleaved({"dense": lambda: step(False), "sparse": lambda: step(True), "matmul": mm},
-                                          big_reps, warmup=1), deadline, tries)
+    t, share = steady(
+        lambda: interleaved(
+            {"dense": lambda: step(False), "sparse": lambda: step(True), "matmul": mm}, big_reps, warmup=1
+        ),
+        deadline,
+        tries,
+    )
     shares.append(share)
     peak_big = mm_flops / t["matmul"] / 1e9
     speedup = t["dense"] / t["sparse"]
-    print(f"\n[3] topk k=2, 1 task, batch {args.sparse_batch} (ideal speed-up {N_EXPERTS * args.sparse_batch / routed:.1f}x "
-          f"from routed rows; matmul {peak_big:.1f} GFLOP/s in these rounds, medians of {big_reps}; {noise_note(share)})")
+    print(
+        f"\n[3] topk k=2, 1 task, batch {args.sparse_batch} (ideal "
+        f"speed-up {N_EXPERTS * args.sparse_batch / routed:.1f}x "
+        f"from routed rows; matmul {peak_big:.1f} GFLOP/s in these rounds, medians of {big_reps}; {noise_note(share)})"
+    )
     for name in ("dense", "sparse"):
         r = args.sparse_batch * N_EXPERTS if name == "dense" else routed
         gf = expert_flops(r) / t[name] / 1e9
-        print(f"  {name:7s} {t[name] * 1e3:9.2f} ms {args.sparse_batch / t[name]:9.0f} samples/s {gf:7.1f} GFLOP/s ({gf / peak_big:.0%} of matmul)")
-    print(f"  sparse speed-up {speedup:.2f}x   target >= {SPARSE_TARGET:.0f}x: {'PASS' if speedup >= SPARSE_TARGET else 'FAIL'}")
+        print(
+            f"  {name:7s} {t[name] * 1e3:9.2f} ms {args.sparse_batch / t[name]:9.0f} "
+            f"samples/s {gf:7.1f} GFLOP/s ({gf / peak_big:.0%} of matmul)"
+        )
+    print(
+        f"  sparse speed-up {speedup:.2f}x   target >= {SPARSE_TARGET:.0f}x: "
+        f"{'PASS' if speedup >= SPARSE_TARGET else 'FAIL'}"
+    )
 
-    print(f"\nsummary: dense fwd+bwd at batch {args.batch} = {dense_fraction:.0%} of matmul (target {DENSE_TARGET:.0%}: "
-          f"{'PASS' if dense_fraction >= DENSE_TARGET else 'FAIL'}); top-2 sparse speed-up at batch {args.sparse_batch} = "
-          f"{speedup:.2f}x (target {SPARSE_TARGET:.0f}x: {'PASS' if speedup >= SPARSE_TARGET else 'FAIL'}); "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"\nsummary: dense fwd+bwd at batch {args.batch} = {dense_fraction:.0%} of matmul (target {DENSE_TARGET:.0%}: "
+        f"{'PASS' if dense_fraction >= DENSE_TARGET else 'FAIL'}); "
+        f"top-2 sparse speed-up at batch {args.sparse_batch} = "
+        f"{speedup:.2f}x (target {SPARSE_TARGET:.0f}x: {'PASS' if speedup >= SPARSE_TARGET else 'FAIL'}); "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     if any(share is not None and share > NOISY for share in shares):
         print("WARNING: other processes took CPU time while some rows were measured; those figures are not reliable")
     return 0

@@ -1,4 +1,5 @@
 """Shared helpers: run train.py through its real command line in a scratch folder."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,14 @@ def run_cli(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Complet
     """python train.py ARGS in `workdir` (its sweeps/ and mlruns/ land there)."""
     (workdir / "mlruns").mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -35,9 +42,19 @@ def tabular_data(n: int = 48, n_ids: int = 30, n_features: int = 6) -> MultiTask
 
     def split(rows):
         ids = torch.randint(0, n_ids, (rows,), generator=g)
-        return Split(inputs={"ids": ids.unsqueeze(1), "dense": torch.randn(rows, n_features, generator=g)},
-                     targets=torch.stack([torch.randint(0, 2, (rows,), generator=g).float(), torch.randn(rows, generator=g)], 1),
-                     masks=torch.ones(rows, 2, dtype=torch.bool), routing_ids=ids)
+        return Split(
+            inputs={"ids": ids.unsqueeze(1), "dense": torch.randn(rows, n_features, generator=g)},
+            targets=torch.stack([torch.randint(0, 2, (rows,), generator=g).float(), torch.randn(rows, generator=g)], 1),
+            masks=torch.ones(rows, 2, dtype=torch.bool),
+            routing_ids=ids,
+        )
 
-    return MultiTaskData("tabular", [Task("a", "binary"), Task("b", "regression")], split(n), split(16), split(16),
-                         id_cardinalities=[n_ids], n_routing_ids=n_ids).validate()
+    return MultiTaskData(
+        "tabular",
+        [Task("a", "binary"), Task("b", "regression")],
+        split(n),
+        split(16),
+        split(16),
+        id_cardinalities=[n_ids],
+        n_routing_ids=n_ids,
+    ).validate()

@@ -1,4 +1,5 @@
 """End to end through the real command line: Hydra multirun -> Ray Tune + Optuna -> MLflow (sqlite)."""
+
 from __future__ import annotations
 
 import csv
@@ -14,13 +15,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, run_cli
 from moetune import contract
-from moetune.tracking import tags as T
 from moetune.config import trial_seed
-from moetune.tuning.hydra_config import load_study
 from moetune.data import load_dataset
+from moetune.tracking import tags as T
 from moetune.training import Trainer
+from moetune.tuning.hydra_config import load_study
+
+from conftest import REPO, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +45,15 @@ def sweep_experiments(client: MlflowClient) -> list:
 def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workdir):
     """The README's main command with no sweep.name (only tiny sizes): one experiment, four studies, the
     export and the answer printed; trials start from different initial weights, each one reproducible."""
-    proc = run_cli(workdir, "-m", "gate=topk,hash", "local_search=on,off", "tuner.n_trials=3",
-                   "search_space.local_search.e_perm.high=2", *TINY)
+    proc = run_cli(
+        workdir,
+        "-m",
+        "gate=topk,hash",
+        "local_search=on,off",
+        "tuner.n_trials=3",
+        "search_space.local_search.e_perm.high=2",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_for(workdir)
     experiments = sweep_experiments(client)
@@ -75,8 +84,16 @@ def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workd
             assert "train.lr" in trial.data.params
             assert ("local_search.e_perm" in trial.data.params) == (tags[T.LOCAL_SEARCH] == "on")
             m = trial.data.metrics
-            for key in ("best_val_loss", "test_loss", "test_click_auc", "test_rating_mse", "best_val_click_auc",
-                        contract.WALL_SECONDS, contract.CPU_SECONDS, contract.ACTIVE_EXPERTS):
+            for key in (
+                "best_val_loss",
+                "test_loss",
+                "test_click_auc",
+                "test_rating_mse",
+                "best_val_click_auc",
+                contract.WALL_SECONDS,
+                contract.CPU_SECONDS,
+                contract.ACTIVE_EXPERTS,
+            ):
                 assert key in m, key
             assert m[contract.ACTIVE_EXPERTS] == pytest.approx(1.0 if tags[T.GATE] == "hash" else 2.0)
             history = client.get_metric_history(trial.info.run_id, contract.VAL_LOSS)
@@ -110,22 +127,42 @@ def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workd
     assert (export / "summary.md").read_text().splitlines()[2].startswith("**Answer.** With permutation local search, ")
     out = proc.stdout
     assert f"export: {export.resolve()}" in out
-    assert sum(line.startswith(("  Top-k (synthetic): budget reduction", "  Hash (synthetic): budget reduction"))
-               for line in out.splitlines()) == 2, out[-2000:]
+    assert (
+        sum(
+            line.startswith(("  Top-k (synthetic): budget reduction", "  Hash (synthetic): budget reduction"))
+            for line in out.splitlines()
+        )
+        == 2
+    ), out[-2000:]
     assert len(runs_of(client, sweep, "export")) == 1
-    assert (f"then open http://127.0.0.1:5000/#/experiments/{experiments[0].experiment_id}/runs?"
-            "workflowType=machine_learning") in out  # opens on the training runs, not the GenAI overview
+    assert (
+        f"then open http://127.0.0.1:5000/#/experiments/{experiments[0].experiment_id}/runs?"
+        "workflowType=machine_learning"
+    ) in out  # opens on the training runs, not the GenAI overview
 
 
 def test_task_weights_sweep_and_warmup_arm(workdir):
     """Task weights are swept as study settings, never mixed inside a study; the warm-up arm runs and exports."""
-    proc = run_cli(workdir, "-m", "gate=topk", "local_search=off,warmup", "train.task_weights=[0.1,0.9],[0.9,0.1]",
-                   "tuner.n_trials=3", "search_space.local_search.e_perm.high=2", "sweep.name=tw", *TINY)
+    proc = run_cli(
+        workdir,
+        "-m",
+        "gate=topk",
+        "local_search=off,warmup",
+        "train.task_weights=[0.1,0.9],[0.9,0.1]",
+        "tuner.n_trials=3",
+        "search_space.local_search.e_perm.high=2",
+        "sweep.name=tw",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_for(workdir)
     studies = runs_of(client, "tw", T.STUDY)
     assert sorted((s.data.tags[T.LOCAL_SEARCH], s.data.tags[T.TASK_WEIGHTS]) for s in studies) == [
-        ("off", "0.1_0.9"), ("off", "0.9_0.1"), ("warmup", "0.1_0.9"), ("warmup", "0.9_0.1")]
+        ("off", "0.1_0.9"),
+        ("off", "0.9_0.1"),
+        ("warmup", "0.1_0.9"),
+        ("warmup", "0.9_0.1"),
+    ]
     for study in studies:
         weights = [float(w) for w in study.data.tags[T.TASK_WEIGHTS].split("_")]
         assert study.data.tags[T.STUDY_KEY].endswith(f"-tw{study.data.tags[T.TASK_WEIGHTS]}-seed0")
@@ -134,7 +171,9 @@ def test_task_weights_sweep_and_warmup_arm(workdir):
         for trial in children:
             assert "train.task_weights" not in trial.data.params
             assert trial.data.tags[T.TASK_WEIGHTS] == study.data.tags[T.TASK_WEIGHTS]
-        config = yaml.safe_load(Path(client.download_artifacts(study.info.run_id, "config.yaml", str(workdir))).read_text())
+        config = yaml.safe_load(
+            Path(client.download_artifacts(study.info.run_id, "config.yaml", str(workdir))).read_text()
+        )
         assert config["train"]["task_weights"] == weights
         assert (study.data.tags[T.LOCAL_SEARCH] == "warmup") == ("space.local_search.e_perm" in study.data.params)
     export = workdir / "sweeps" / "tw" / "export"
@@ -151,25 +190,41 @@ def test_an_export_that_cannot_run_says_why_and_how_to_run_it(workdir):
     proc = run_cli(workdir, "-m", "gate=topk", "tuner.n_trials=1", "sweep.name=short", *TINY)
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: export failed: study 'topk-ls_off-synthetic-seed0' has 1 finished trial(s) with "
-                      "best_val_loss out of 1; a curve needs at least 2"]
-    assert "moetune export --experiment short --tracking-uri sqlite:///mlruns/mlflow.db --out sweeps/short/export" \
+    assert errors == [
+        "error: export failed: study 'topk-ls_off-synthetic-seed0' has 1 finished trial(s) with "
+        "best_val_loss out of 1; a curve needs at least 2"
+    ]
+    assert (
+        "moetune export --experiment short --tracking-uri sqlite:///mlruns/mlflow.db --out sweeps/short/export"
         in proc.stderr
+    )
     assert not (workdir / "sweeps" / "short" / "export").exists()
 
 
 def test_interrupted_sweep_resumes_without_duplicates(workdir):
-    args = ["tuner.n_trials=5", "train.max_epochs=40", "train.patience=40", "dataset.n_samples=1500", "sweep.name=resume"]
+    args = [
+        "tuner.n_trials=5",
+        "train.max_epochs=40",
+        "train.patience=40",
+        "dataset.n_samples=1500",
+        "sweep.name=resume",
+    ]
     (workdir / "mlruns").mkdir()
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     client = client_for(workdir)
     deadline = time.time() + 300
     finished_before: set[str] = set()
     while time.time() < deadline and proc.poll() is None:
         try:
-            finished_before = {r.data.tags[T.TRIAL_ID] for r in runs_of(client, "resume", T.TRIAL)
-                               if r.info.status == "FINISHED"}
+            finished_before = {
+                r.data.tags[T.TRIAL_ID] for r in runs_of(client, "resume", T.TRIAL) if r.info.status == "FINISHED"
+            }
         except (AssertionError, Exception):
             finished_before = set()
         if finished_before:
@@ -203,8 +258,14 @@ def test_interrupted_sweep_resumes_without_duplicates(workdir):
 
 
 def test_failed_trial_is_recorded_and_the_study_finishes(workdir):
-    proc = run_cli(workdir, "tuner.n_trials=6", "~search_space.train.lr",
-                   "+search_space.train.lr={type:categorical,choices:[0.003,1.0e9]}", "sweep.name=fails", *TINY)
+    proc = run_cli(
+        workdir,
+        "tuner.n_trials=6",
+        "~search_space.train.lr",
+        "+search_space.train.lr={type:categorical,choices:[0.003,1.0e9]}",
+        "sweep.name=fails",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_for(workdir)
     trials = runs_of(client, "fails", T.TRIAL)
@@ -246,8 +307,10 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(workdir, args, message):
     assert list((workdir / "mlruns").iterdir()) == []
 
 
-@pytest.mark.parametrize("override,listing", [("gate=nope", "Available options in 'gate'"),
-                                              ("dataset=nope", "Available options in 'dataset'")])
+@pytest.mark.parametrize(
+    "override,listing",
+    [("gate=nope", "Available options in 'gate'"), ("dataset=nope", "Available options in 'dataset'")],
+)
 def test_unknown_choice_gets_hydras_listing(workdir, override, listing):
     proc = run_cli(workdir, override)
     assert proc.returncode != 0

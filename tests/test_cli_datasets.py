@@ -1,12 +1,14 @@
 """Short studies on real data through the real command line: MovieLens (COMET layout) and MultiDigits."""
+
 from __future__ import annotations
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SHARED, run_cli
 from moetune import contract
 from moetune.tracking import tags as T
+
+from conftest import SHARED, run_cli
 
 pytestmark = pytest.mark.slow
 MOVIELENS = SHARED / "data" / "movielens-comet"
@@ -21,9 +23,20 @@ def trial_runs(workdir, experiment):
 def test_movielens_study_with_hash_routing_by_user(workdir):
     if not MOVIELENS.is_dir():
         pytest.skip(f"{MOVIELENS} is absent: these tests read the shared MovieLens split beside the checkout")
-    proc = run_cli(workdir, "experiment=movielens_cpu", "gate=hash", "local_search=on", "local_search.e_perm=1",
-                   "search_space.local_search.e_perm.high=2", f"dataset.path={MOVIELENS}",
-                   "search_space.train.lr.low=0.01", "search_space.train.lr.high=0.02", "train.max_epochs=5", "tuner.n_trials=2", "sweep.name=ml")
+    proc = run_cli(
+        workdir,
+        "experiment=movielens_cpu",
+        "gate=hash",
+        "local_search=on",
+        "local_search.e_perm=1",
+        "search_space.local_search.e_perm.high=2",
+        f"dataset.path={MOVIELENS}",
+        "search_space.train.lr.low=0.01",
+        "search_space.train.lr.high=0.02",
+        "train.max_epochs=5",
+        "tuner.n_trials=2",
+        "sweep.name=ml",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = trial_runs(workdir, "ml")
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
@@ -36,8 +49,17 @@ def test_movielens_study_with_hash_routing_by_user(workdir):
 
 
 def test_multidigits_study_with_cnn_experts(workdir):
-    proc = run_cli(workdir, "experiment=multidigits", "gate=topk", "dataset.n_train=600", "dataset.n_val=200",
-                   "dataset.n_test=200", "train.max_epochs=2", "tuner.n_trials=2", "sweep.name=md")
+    proc = run_cli(
+        workdir,
+        "experiment=multidigits",
+        "gate=topk",
+        "dataset.n_train=600",
+        "dataset.n_val=200",
+        "dataset.n_test=200",
+        "train.max_epochs=2",
+        "tuner.n_trials=2",
+        "sweep.name=md",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = trial_runs(workdir, "md")
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)

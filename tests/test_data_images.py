@@ -1,4 +1,5 @@
 """MultiMNIST (from small IDX files written here) and MultiDigits: shapes, labels, geometry, bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -30,8 +31,9 @@ def _reference_overlay(top_left: np.ndarray, bottom_right: np.ndarray, shift: in
     return canvas
 
 
-@pytest.mark.parametrize("config, loader", [("multimnist.yaml", multimnist.load),
-                                            ("multifashionmnist.yaml", multifashionmnist.load)])
+@pytest.mark.parametrize(
+    "config, loader", [("multimnist.yaml", multimnist.load), ("multifashionmnist.yaml", multifashionmnist.load)]
+)
 def test_mnist_yaml_files(config, loader):
     conf = yaml.safe_load((REPO / "conf/dataset" / config).read_text())
     defaults = {n: p.default for n, p in inspect.signature(loader).parameters.items()}
@@ -106,8 +108,10 @@ def _identify(canvas: np.ndarray) -> tuple[int, int]:
 def test_multimnist_shapes_labels_and_geometry(tmp_path, gz):
     sets = _write_mnist(tmp_path, gz)
     data = load_dataset("multimnist", path=str(tmp_path), n_train=40, n_val=10, n_test=15, seed=1)
-    assert [(t.name, t.kind, t.n_classes) for t in data.tasks] == [("top_left", "multiclass", 10),
-                                                                    ("bottom_right", "multiclass", 10)]
+    assert [(t.name, t.kind, t.n_classes) for t in data.tasks] == [
+        ("top_left", "multiclass", 10),
+        ("bottom_right", "multiclass", 10),
+    ]
     used = {}
     for name, n in (("train", 40), ("val", 10), ("test", 15)):
         split = data.splits[name]
@@ -117,7 +121,7 @@ def test_multimnist_shapes_labels_and_geometry(tmp_path, gz):
         assert split.routing_ids is None and split.masks.all()
         source, labels = sets["t10k" if name == "test" else "train"]
         used[name] = set()
-        for canvas, target in zip(images[:, 0].numpy(), split.targets.tolist()):
+        for canvas, target in zip(images[:, 0].numpy(), split.targets.tolist(), strict=False):
             i, j = _identify(canvas)
             assert i != j
             assert target == [labels[i], labels[j]]
@@ -172,7 +176,9 @@ def test_idx_wrong_magic_names_file_expected_and_found(tmp_path, gz):
 def test_idx_count_mismatch_and_truncation(tmp_path):
     sets = _write_mnist(tmp_path, gz=False)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", 2049, sets["t10k"][1][:-1], gz=False)
-    with pytest.raises(DataError, match=f"has {N_TEST_IMAGES} images but .*t10k-labels-idx1-ubyte has {N_TEST_IMAGES - 1}"):
+    with pytest.raises(
+        DataError, match=f"has {N_TEST_IMAGES} images but .*t10k-labels-idx1-ubyte has {N_TEST_IMAGES - 1}"
+    ):
         multimnist.load(path=str(tmp_path), n_train=20, n_val=5, n_test=5)
     data = _idx_bytes(2051, sets["train"][0])
     (tmp_path / "train-images-idx3-ubyte").write_bytes(data[:-10])
@@ -193,10 +199,18 @@ def test_idx_wrong_image_size_and_label_range(tmp_path):
         multimnist.load(path=str(tmp_path), n_train=20, n_val=5, n_test=5)
 
 
-@pytest.mark.parametrize("params", [
-    {"n_train": 0}, {"n_val": -5}, {"n_test": 2.5}, {"n_train": True}, {"variant": "kmnist"}, {"seed": None},
-    {"n_train": 10 ** 6, "n_val": 1},  # the val pool would get no image
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_train": 0},
+        {"n_val": -5},
+        {"n_test": 2.5},
+        {"n_train": True},
+        {"variant": "kmnist"},
+        {"seed": None},
+        {"n_train": 10**6, "n_val": 1},  # the val pool would get no image
+    ],
+)
 def test_multimnist_bad_params(tmp_path, params):
     _write_mnist(tmp_path, gz=False)
     with pytest.raises(ConfigError):
@@ -204,6 +218,7 @@ def test_multimnist_bad_params(tmp_path, params):
 
 
 # ---------------------------------------------------------------- MultiDigits
+
 
 @pytest.fixture(scope="module")
 def digits_data():
@@ -237,7 +252,7 @@ def test_multidigits_geometry_labels_and_disjoint_digits(digits_data):
     for name, split in digits_data.splits.items():
         canvases = split.inputs["image"][:, 0].numpy()
         used[name] = set()
-        for canvas, target in zip(canvases, split.targets.tolist()):
+        for canvas, target in zip(canvases, split.targets.tolist(), strict=False):
             i = top_keys[np.concatenate([canvas[:4, :8].ravel(), canvas[4:8, :4].ravel()]).tobytes()]
             j = bottom_keys[np.concatenate([canvas[8:, 4:].ravel(), canvas[4:8, 8:].ravel()]).tobytes()]
             assert target == [digits.target[i], digits.target[j]]
@@ -260,8 +275,9 @@ def test_multidigits_is_seeded():
     assert not torch.equal(a.train.inputs["image"], c.train.inputs["image"])
 
 
-@pytest.mark.parametrize("params", [{"n_train": 0}, {"n_val": -1}, {"n_test": 1.5}, {"seed": 0.5},
-                                    {"n_train": 10 ** 7, "n_test": 1}])
+@pytest.mark.parametrize(
+    "params", [{"n_train": 0}, {"n_val": -1}, {"n_test": 1.5}, {"seed": 0.5}, {"n_train": 10**7, "n_test": 1}]
+)
 def test_multidigits_bad_sizes(params):
     with pytest.raises(ConfigError):
         multidigits.load(**params)

@@ -1,4 +1,5 @@
 """MovieLens datasets: the COMET-layout files (real shared data and small hand-made folders) and raw ratings.dat."""
+
 from __future__ import annotations
 
 import inspect
@@ -35,6 +36,7 @@ def test_yaml_files_list_load_params_with_defaults():
 
 
 # ---------------------------------------------------------------- the shared COMET test split
+
 
 @pytest.fixture(scope="module")
 def shared():
@@ -86,6 +88,7 @@ def test_shared_max_rows_subsample_and_env_default(shared, monkeypatch):
 
 # ---------------------------------------------------------------- hand-made COMET folders
 
+
 def _write_split(folder: Path, split: str, ids, watch, rating, overrides: dict | None = None) -> None:
     """Write the three aligned files of one split; overrides: kind -> raw file text."""
     texts = {
@@ -115,7 +118,7 @@ def test_three_given_splits_are_used_as_they_are(tmp_path, middle):
     assert {n: len(s) for n, s in data.splits.items()} == {"train": 20, "val": 6, "test": 4}
     ids, watch, rating = _rows(6, 1)
     assert data.val.inputs["ids"].tolist() == ids
-    assert data.val.targets.tolist() == [[float(w), float(r)] for w, r in zip(watch, rating)]
+    assert data.val.targets.tolist() == [[float(w), float(r)] for w, r in zip(watch, rating, strict=False)]
     assert data.val.masks[:, 1].tolist() == [w == 1 for w in watch]
 
 
@@ -152,13 +155,16 @@ def test_incomplete_split_names_the_missing_file(tmp_path):
         movielens.load(path=str(tmp_path))
 
 
-@pytest.mark.parametrize("text, line", [
-    ("1,2\n3,4\n5,x\n7,8\n", 3),     # non-integer field
-    ("1,2\n3,4,9\n5,6\n7,8\n", 2),   # too many fields
-    ("1,2\n3,4\n5,6\n7\n", 4),       # too few fields
-    ("1,2\n\n5,6\n7,8\n", 2),        # blank line
-    ("1.5,2\n3,4\n5,6\n7,8\n", 1),   # a float id
-])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("1,2\n3,4\n5,x\n7,8\n", 3),  # non-integer field
+        ("1,2\n3,4,9\n5,6\n7,8\n", 2),  # too many fields
+        ("1,2\n3,4\n5,6\n7\n", 4),  # too few fields
+        ("1,2\n\n5,6\n7,8\n", 2),  # blank line
+        ("1.5,2\n3,4\n5,6\n7,8\n", 1),  # a float id
+    ],
+)
 def test_malformed_line_names_file_and_line(tmp_path, text, line):
     ids, watch, rating = _rows(4)
     _write_split(tmp_path, "test", ids, watch, rating, {"shared_features": text})
@@ -199,12 +205,15 @@ def test_smaller_vocabulary_is_enforced(tmp_path):
     assert data.id_cardinalities == [10, 10] and data.n_routing_ids == 10
 
 
-@pytest.mark.parametrize("watch, rating, line, pattern", [
-    ([0, 1, 2, 0], [0, 3, 0, 0], 3, "watch label 2 is not 0 or 1"),
-    ([0, 1, 1, 0], [0, 3, 6, 0], 3, "rating 6, expected a rating 1..5"),
-    ([0, 1, 1, 0], [0, 0, 4, 0], 2, "rating 0, expected a rating 1..5"),
-    ([0, 1, 1, 0], [0, 3, 4, 2], 4, r"rating 2, expected 0 \(the pair was not watched\)"),
-])
+@pytest.mark.parametrize(
+    "watch, rating, line, pattern",
+    [
+        ([0, 1, 2, 0], [0, 3, 0, 0], 3, "watch label 2 is not 0 or 1"),
+        ([0, 1, 1, 0], [0, 3, 6, 0], 3, "rating 6, expected a rating 1..5"),
+        ([0, 1, 1, 0], [0, 0, 4, 0], 2, "rating 0, expected a rating 1..5"),
+        ([0, 1, 1, 0], [0, 3, 4, 2], 4, r"rating 2, expected 0 \(the pair was not watched\)"),
+    ],
+)
 def test_labels_outside_their_range(tmp_path, watch, rating, line, pattern):
     ids, _, _ = _rows(4)
     _write_split(tmp_path, "test", ids, watch, rating)
@@ -219,10 +228,20 @@ def test_two_of_three_splits_is_an_error(tmp_path):
         movielens.load(path=str(tmp_path))
 
 
-@pytest.mark.parametrize("params", [
-    {"fractions": [0.8, 0.1]}, {"fractions": [0.8, 0.3, -0.1]}, {"fractions": [0.5, 0.2, 0.2]},
-    {"fractions": "abc"}, {"max_rows": 0}, {"max_rows": 5}, {"n_users": 0}, {"n_movies": -3}, {"seed": "x"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"fractions": [0.8, 0.1]},
+        {"fractions": [0.8, 0.3, -0.1]},
+        {"fractions": [0.5, 0.2, 0.2]},
+        {"fractions": "abc"},
+        {"max_rows": 0},
+        {"max_rows": 5},
+        {"n_users": 0},
+        {"n_movies": -3},
+        {"seed": "x"},
+    ],
+)
 def test_bad_params_are_config_errors(tmp_path, params):
     _write_split(tmp_path, "test", *_rows(10))
     with pytest.raises(ConfigError):
@@ -244,8 +263,10 @@ def _ratings(n: int = 12, seed: int = 0):
     """n distinct (user, movie, rating, timestamp) rows over USERS x MOVIES."""
     rng = np.random.default_rng(seed)
     pairs = rng.choice(len(USERS) * len(MOVIES), size=n, replace=False)
-    return [(USERS[p // len(MOVIES)], MOVIES[p % len(MOVIES)], int(rng.integers(1, 6)), 978300000 + i)
-            for i, p in enumerate(pairs)]
+    return [
+        (USERS[p // len(MOVIES)], MOVIES[p % len(MOVIES)], int(rng.integers(1, 6)), 978300000 + i)
+        for i, p in enumerate(pairs)
+    ]
 
 
 def _write_ratings(folder: Path, rows=None, text: str | None = None) -> Path:
@@ -275,7 +296,9 @@ def test_ratings_positives_negatives_and_dense_ids(tmp_path):
     watched = targets[:, 0] == 1
     assert watched.sum() == 12
     # positives: exactly the rated pairs with their ratings, through the sorted dense remap
-    positives = {(users[u], movies[m], r) for (u, m), r in zip(ids[watched].tolist(), targets[watched, 1].tolist())}
+    positives = {
+        (users[u], movies[m], r) for (u, m), r in zip(ids[watched].tolist(), targets[watched, 1].tolist(), strict=False)
+    }
     assert positives == {(u, m, float(r)) for u, m, r, _ in rows}
     # negatives: distinct unrated pairs, rating 0 and masked
     rated = {(u, m) for u, m, _, _ in rows}
@@ -355,12 +378,15 @@ def test_ratings_missing_file_names_grouplens(tmp_path):
         movielens_1m.load(path=str(tmp_path))  # a folder without ratings.dat
 
 
-@pytest.mark.parametrize("text, line, pattern", [
-    ("1::10::5::1\n2::10::x::2\n", 2, "Rating 'x' is not an integer"),
-    ("1::10::5::1\n2::10::4::2\n2::11::4\n", 3, "expected 4 field"),
-    ("1::10::5::1\n2,10,4,2\n", 2, "expected 4 field"),
-    ("1::10::5::1\n\n2::11::4::3\n", 2, "an empty line"),
-])
+@pytest.mark.parametrize(
+    "text, line, pattern",
+    [
+        ("1::10::5::1\n2::10::x::2\n", 2, "Rating 'x' is not an integer"),
+        ("1::10::5::1\n2::10::4::2\n2::11::4\n", 3, "expected 4 field"),
+        ("1::10::5::1\n2,10,4,2\n", 2, "expected 4 field"),
+        ("1::10::5::1\n\n2::11::4::3\n", 2, "an empty line"),
+    ],
+)
 def test_ratings_malformed_line(tmp_path, text, line, pattern):
     _write_ratings(tmp_path, text=text)
     with pytest.raises(DataError, match=rf"ratings.dat, line {line}: .*{pattern}"):
@@ -380,10 +406,17 @@ def test_ratings_repeated_pair(tmp_path):
         movielens_1m.load(path=str(tmp_path), cache_dir=str(tmp_path / "c"))
 
 
-@pytest.mark.parametrize("params", [
-    {"negative_ratio": 0}, {"negative_ratio": -1.0}, {"negative_ratio": 100.0},
-    {"max_ratings": 0}, {"fractions": [1.0, 0.0, 0.0]}, {"seed": -1},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"negative_ratio": 0},
+        {"negative_ratio": -1.0},
+        {"negative_ratio": 100.0},
+        {"max_ratings": 0},
+        {"fractions": [1.0, 0.0, 0.0]},
+        {"seed": -1},
+    ],
+)
 def test_ratings_bad_params(tmp_path, params):
     _write_ratings(tmp_path, _ratings(12))
     with pytest.raises(ConfigError):

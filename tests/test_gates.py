@@ -1,4 +1,5 @@
 """Gate properties on random inputs, for every gate the registry knows (a new gate is covered automatically)."""
+
 from __future__ import annotations
 
 import pytest
@@ -55,6 +56,7 @@ def test_simplex_for_large_inputs(name):
 
 
 # --- cardinality -------------------------------------------------------------------------------------
+
 
 def _saturate(linear: torch.nn.Linear):
     with torch.no_grad():
@@ -113,6 +115,7 @@ def test_topk_keeps_the_k_largest_logits():
 
 # --- gradients ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", GATES)
 def test_gradients_reach_routing_parameters(name):
     torch.manual_seed(4)
@@ -140,6 +143,7 @@ def test_noisy_topk_gradients_reach_noise_scale():
 
 # --- noisy top-k -------------------------------------------------------------------------------------
 
+
 def test_noisy_topk_train_differs_from_eval_and_eval_is_deterministic():
     torch.manual_seed(6)
     gate = make_gate("topk", 6, noisy=True)
@@ -162,6 +166,7 @@ def test_plain_topk_is_the_same_in_train_and_eval():
 
 
 # --- hash --------------------------------------------------------------------------------------------
+
 
 def test_hash_same_id_same_expert_whatever_the_features():
     gate = make_gate("hash", 6)
@@ -205,6 +210,7 @@ def test_hash_without_routing_ids_is_a_config_error():
 
 # --- smooth-step -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("gamma", [0.01, 0.3, 1.0, 10.0])
 def test_smooth_step_values(gamma):
     half = gamma / 2
@@ -224,7 +230,9 @@ def test_smooth_step_is_continuous_and_monotone(gamma):
     half = gamma / 2
     eps = 1e-6 * gamma
     edges = torch.tensor([-half + eps, half - eps], dtype=torch.float64)
-    torch.testing.assert_close(smooth_step(edges, gamma), torch.tensor([0.0, 1.0], dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        smooth_step(edges, gamma), torch.tensor([0.0, 1.0], dtype=torch.float64), atol=1e-5, rtol=0
+    )
     t = torch.linspace(-gamma, gamma, 2001, dtype=torch.float64)
     values = smooth_step(t, gamma)
     assert (values.diff() >= 0).all()
@@ -239,6 +247,7 @@ def test_smooth_step_gradient_is_zero_outside_the_band():
 
 
 # --- comet specifics ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n_experts", [3, 5, 6, 7])
 def test_comet_with_non_power_of_two_experts(n_experts):
@@ -262,6 +271,7 @@ def test_comet_entropy_penalty_vanishes_at_saturation():
 
 
 # --- registry errors ---------------------------------------------------------------------------------
+
 
 def test_build_gate_unknown_name_names_the_choices():
     with pytest.raises(ConfigError) as info:

@@ -1,4 +1,5 @@
 """Permutation local search: Sinkhorn, hardening, schedules, freezing, applying, checkpointing."""
+
 from __future__ import annotations
 
 import io
@@ -7,12 +8,13 @@ import math
 
 import pytest
 import torch
-from conftest import tabular_data
 
-from moetune.data.base import MultiTaskData
-from moetune.moe.local_search import PermutationLocalSearch, harden, log_sinkhorn
 from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
+from moetune.data.base import MultiTaskData
 from moetune.moe import MMoE
+from moetune.moe.local_search import PermutationLocalSearch, harden, log_sinkhorn
+
+from conftest import tabular_data
 
 
 def assert_permutation_matrix(p: torch.Tensor):
@@ -36,6 +38,7 @@ def trained_search(n: int = 5, seed: int = 0, steps: int = 3) -> PermutationLoca
 
 
 # --- Sinkhorn ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [2, 5, 9])
 @pytest.mark.parametrize("tau", [3.0, 1.0, 0.3])  # converges in 200 iterations; colder needs many more
@@ -66,6 +69,7 @@ def test_log_sinkhorn_at_low_temperature_approaches_the_matching():
 
 # --- hardening ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", range(5))
 def test_harden_is_the_best_permutation(seed):
     n = 5
@@ -84,8 +88,10 @@ def test_harden_keeps_dtype_and_does_not_track_grad():
 
 # --- schedules ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("progress, tau, iters", [(0.0, 1e-3, 20), (0.5, 1e-5, 85), (1.0, 1e-7, 150),
-                                                    (-0.5, 1e-3, 20), (2.0, 1e-7, 150)])
+
+@pytest.mark.parametrize(
+    "progress, tau, iters", [(0.0, 1e-3, 20), (0.5, 1e-5, 85), (1.0, 1e-7, 150), (-0.5, 1e-3, 20), (2.0, 1e-7, 150)]
+)
 def test_schedule(progress, tau, iters):
     ls = PermutationLocalSearch(4)
     ls.progress = progress
@@ -101,13 +107,14 @@ def test_schedule_is_log_linear_in_tau_and_monotone():
         ls.progress = f
         values.append(ls.schedule())
     log_taus = [math.log10(t) for t, _ in values]
-    steps = [b - a for a, b in zip(log_taus, log_taus[1:])]
+    steps = [b - a for a, b in zip(log_taus, log_taus[1:], strict=False)]
     assert all(s == pytest.approx(-0.4) for s in steps)
     iters = [i for _, i in values]
     assert iters == sorted(iters) and iters[0] == 20 and iters[-1] == 150
 
 
 # --- learning, freezing, eval ------------------------------------------------------------------------
+
 
 def test_learning_matrix_is_soft_with_penalty_and_gradient():
     ls = PermutationLocalSearch(4, zeta=1.0).train()
@@ -152,6 +159,7 @@ def test_eval_before_freeze_uses_a_hard_permutation():
 
 # --- apply -------------------------------------------------------------------------------------------
 
+
 def test_apply_moves_a_one_hot_row_to_the_permuted_expert():
     ls = trained_search(n=5, seed=3)
     ls.freeze()
@@ -189,6 +197,7 @@ def test_apply_with_a_hard_permutation_permutes_columns():
 
 # --- checkpoints -------------------------------------------------------------------------------------
 
+
 def test_frozen_permutation_survives_state_dict_round_trip():
     ls = trained_search(n=6, seed=5)
     ls.freeze()
@@ -218,6 +227,7 @@ def test_loading_an_unfrozen_state_unfreezes():
 
 # --- in the model ------------------------------------------------------------------------------------
 
+
 def tiny_data(n: int = 64, n_ids: int = 20) -> MultiTaskData:
     return tabular_data(n, n_ids, n_features=5)
 
@@ -226,7 +236,9 @@ def tiny_data(n: int = 64, n_ids: int = 20) -> MultiTaskData:
 def test_k_sparse_gate_stays_k_sparse_after_hardening(gate, k):
     torch.manual_seed(6)
     data = tiny_data()
-    cfg = ModelConfig(n_experts=6, expert_hidden=[8], embed_dim=4, dense_hidden=[4], head_hidden=[4], expert_dropout=0.0)
+    cfg = ModelConfig(
+        n_experts=6, expert_hidden=[8], embed_dim=4, dense_hidden=[4], head_hidden=[4], expert_dropout=0.0
+    )
     model = MMoE(data, cfg, GateConfig(gate, k), LocalSearchConfig(enabled=True, e_perm=1))
     batch = data.train
     with torch.no_grad():
@@ -245,7 +257,7 @@ def test_k_sparse_gate_stays_k_sparse_after_hardening(gate, k):
     out = model(batch.inputs, batch.routing_ids)
     raw = [g(model.bottom(batch.inputs), batch.routing_ids).weights for g in model.gates]
     perm = model.local_search.permutation()
-    for w, r in zip(out.gate_weights, raw):
+    for w, r in zip(out.gate_weights, raw, strict=False):
         assert int((w != 0).sum(1).max()) <= k
         torch.testing.assert_close(w[:, perm], r)  # expert i's weight went to perm[i]
 
@@ -253,7 +265,9 @@ def test_k_sparse_gate_stays_k_sparse_after_hardening(gate, k):
 def test_model_checkpoint_restores_the_frozen_permutation():
     torch.manual_seed(7)
     data = tiny_data()
-    cfg = ModelConfig(n_experts=5, expert_hidden=[8], embed_dim=4, dense_hidden=[4], head_hidden=[4], expert_dropout=0.0)
+    cfg = ModelConfig(
+        n_experts=5, expert_hidden=[8], embed_dim=4, dense_hidden=[4], head_hidden=[4], expert_dropout=0.0
+    )
     a = MMoE(data, cfg, GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=1))
     with torch.no_grad():
         a.local_search.log_weights.normal_()

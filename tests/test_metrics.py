@@ -1,4 +1,5 @@
 """The numpy metrics agree with scikit-learn's reference implementations."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score, roc_auc_score

@@ -1,18 +1,27 @@
 """MMoE: sparse and dense expert computation agree (values and gradients); bad configs fail early."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tabular_data
 
+from moetune.config import (
+    GateConfig,
+    LocalSearchConfig,
+    ModelConfig,
+    StudyConfig,
+    TrainConfig,
+    check_study,
+    check_tasks,
+)
 from moetune.data.base import MultiTaskData, Split, Task
 from moetune.errors import ConfigError
+from moetune.moe import MMoE
 from moetune.moe.experts import MLPExperts, mix
 from moetune.moe.gates import build_gate
-from moetune.config import GateConfig, LocalSearchConfig, ModelConfig, StudyConfig, check_study, check_tasks
-from moetune.moe import MMoE
-from moetune.config import TrainConfig
 from moetune.training import Trainer
+
+from conftest import tabular_data
 
 N_IDS = 30
 
@@ -22,13 +31,24 @@ def image_data(n: int = 24) -> MultiTaskData:
 
     def split(rows):
         ids = torch.randint(0, N_IDS, (rows,), generator=g)
-        return Split(inputs={"image": torch.rand(rows, 1, 12, 12, generator=g)},
-                     targets=torch.stack([torch.randint(0, 3, (rows,), generator=g).float(),
-                                          torch.randint(0, 3, (rows,), generator=g).float()], 1),
-                     masks=torch.ones(rows, 2, dtype=torch.bool), routing_ids=ids)
+        return Split(
+            inputs={"image": torch.rand(rows, 1, 12, 12, generator=g)},
+            targets=torch.stack(
+                [torch.randint(0, 3, (rows,), generator=g).float(), torch.randint(0, 3, (rows,), generator=g).float()],
+                1,
+            ),
+            masks=torch.ones(rows, 2, dtype=torch.bool),
+            routing_ids=ids,
+        )
 
-    return MultiTaskData("images", [Task("left", "multiclass", 3), Task("right", "multiclass", 3)],
-                         split(n), split(8), split(8), n_routing_ids=N_IDS).validate()
+    return MultiTaskData(
+        "images",
+        [Task("left", "multiclass", 3), Task("right", "multiclass", 3)],
+        split(n),
+        split(8),
+        split(8),
+        n_routing_ids=N_IDS,
+    ).validate()
 
 
 def small_cfg(**overrides) -> ModelConfig:
@@ -48,6 +68,7 @@ def outputs_with(model: MMoE, compute: str, split: Split):
 
 # --- experts.mix directly ----------------------------------------------------------------------------
 
+
 def sparse_task_weights(n_rows: int, in_dim: int, n_experts: int) -> list[torch.Tensor]:
     torch.manual_seed(2)
     x = torch.randn(n_rows, in_dim)
@@ -63,7 +84,7 @@ def test_mix_sparse_equals_dense_for_two_layer_mlp_experts():
     weights = sparse_task_weights(40, 10, 6)
     dense = mix(experts, x, weights, sparse=False)
     sparse = mix(experts, x, weights, sparse=True)
-    for d, s in zip(dense, sparse):
+    for d, s in zip(dense, sparse, strict=False):
         assert s.shape == (40, 8)
         torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-5)
 
@@ -84,7 +105,7 @@ def test_mix_sparse_equals_dense_gradients_for_mlp_experts():
         loss = sum((o * torch.linspace(-1, 1, o.shape[1])).pow(2).sum() for o in out)
         loss.backward()
         grads[sparse] = [x.grad, logits.grad] + [p.grad.clone() for p in experts.parameters()]
-    for d, s in zip(grads[False], grads[True]):
+    for d, s in zip(grads[False], grads[True], strict=False):
         torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-4)
     assert all(g.abs().sum() > 0 for g in grads[True])
 
@@ -106,7 +127,9 @@ def test_mix_sparse_runs_each_expert_only_on_its_rows():
     assert torch.isfinite(sparse).all()
     assert not torch.isfinite(mix(experts, x, [w], sparse=False)[0]).all()
     torch.testing.assert_close(sparse[:3], experts.one(0, x[:3]), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(sparse[3:], 0.25 * experts.one(2, x[3:]) + 0.75 * experts.one(3, x[3:]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        sparse[3:], 0.25 * experts.one(2, x[3:]) + 0.75 * experts.one(3, x[3:]), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_mix_sparse_with_no_active_expert_gives_zeros():
@@ -117,6 +140,7 @@ def test_mix_sparse_with_no_active_expert_gives_zeros():
 
 # --- through the model -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("gate", ["topk", "hash"])
 @pytest.mark.parametrize("local_search", [False, True])
 def test_model_sparse_equals_dense_mlp(gate, local_search):
@@ -125,9 +149,9 @@ def test_model_sparse_equals_dense_mlp(gate, local_search):
     model = MMoE(data, small_cfg(), gate_cfg(gate), LocalSearchConfig(enabled=local_search, e_perm=1)).eval()
     dense = outputs_with(model, "dense", data.train)
     sparse = outputs_with(model, "sparse", data.train)
-    for d, s in zip(dense.outputs, sparse.outputs):
+    for d, s in zip(dense.outputs, sparse.outputs, strict=False):
         torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-5)
-    for d, s in zip(dense.gate_weights, sparse.gate_weights):
+    for d, s in zip(dense.gate_weights, sparse.gate_weights, strict=False):
         assert torch.equal(s, d)
 
 
@@ -135,12 +159,13 @@ def test_model_sparse_equals_dense_mlp(gate, local_search):
 def test_model_sparse_equals_dense_cnn(gate):
     torch.manual_seed(6)
     data = image_data()
-    model = MMoE(data, small_cfg(n_experts=4, expert_type="cnn", expert_hidden=[8, 8]), gate_cfg(gate),
-                 LocalSearchConfig()).eval()
+    model = MMoE(
+        data, small_cfg(n_experts=4, expert_type="cnn", expert_hidden=[8, 8]), gate_cfg(gate), LocalSearchConfig()
+    ).eval()
     dense = outputs_with(model, "dense", data.train)
     sparse = outputs_with(model, "sparse", data.train)
     assert dense.outputs[0].shape == (len(data.train), 3)
-    for d, s in zip(dense.outputs, sparse.outputs):
+    for d, s in zip(dense.outputs, sparse.outputs, strict=False):
         torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-5)
 
 
@@ -155,7 +180,9 @@ def test_model_sparse_equals_dense_gradients_mlp():
         sum(o.pow(2).sum() for o in out.outputs).backward()
         grads[compute] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads["dense"].keys() == grads["sparse"].keys()
-    assert any(n.startswith("experts.") for n in grads["sparse"]) and any(n.startswith("gates.") for n in grads["sparse"])
+    assert any(n.startswith("experts.") for n in grads["sparse"]) and any(
+        n.startswith("gates.") for n in grads["sparse"]
+    )
     for name in grads["dense"]:
         torch.testing.assert_close(grads["sparse"][name], grads["dense"][name], atol=1e-5, rtol=1e-4, msg=name)
 
@@ -177,7 +204,7 @@ def test_model_auto_compute_matches_dense():
     auto = outputs_with(model, "auto", data.train)
     assert model.use_sparse_compute(auto.gate_weights)  # 1 of 8 experts per sample: sparse pays off
     dense = outputs_with(model, "dense", data.train)
-    for d, a in zip(dense.outputs, auto.outputs):
+    for d, a in zip(dense.outputs, auto.outputs, strict=False):
         torch.testing.assert_close(a, d, atol=1e-5, rtol=1e-5)
 
 
@@ -217,8 +244,9 @@ def test_bad_model_config_is_a_config_error_naming_the_key(overrides, gate, key)
     assert key in str(info.value)
 
 
-@pytest.mark.parametrize("n_experts, gate, ok", [(4, "topk", False), (4, "comet", False), (4, "softmax", True),
-                                                 (5, "topk", True)])
+@pytest.mark.parametrize(
+    "n_experts, gate, ok", [(4, "topk", False), (4, "comet", False), (4, "softmax", True), (5, "topk", True)]
+)
 def test_gate_k_above_the_number_of_experts_is_refused_before_training(n_experts, gate, ok):
     config = StudyConfig(model=small_cfg(n_experts=n_experts), gate=GateConfig(gate, 5))
     if ok:
@@ -296,8 +324,13 @@ def test_e_perm_above_max_epochs_is_refused_and_equal_is_fine():
     with pytest.raises(ConfigError, match="local_search.e_perm=4 exceeds train.max_epochs=3"):
         check_study(StudyConfig(local_search=ls, train=TrainConfig(max_epochs=3)))
     check_study(StudyConfig(local_search=ls, train=TrainConfig(max_epochs=4)))
-    Trainer(tabular_data(), small_cfg(), GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=3),
-            TrainConfig(max_epochs=3, device="cpu")).fit()
+    Trainer(
+        tabular_data(),
+        small_cfg(),
+        GateConfig("topk", 2),
+        LocalSearchConfig(enabled=True, e_perm=3),
+        TrainConfig(max_epochs=3, device="cpu"),
+    ).fit()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -1,9 +1,9 @@
 """The study protocol as the authors ran it: seeds per trial, task weights per study, local search and its
 control arm, gate initializations and regularizers, presets, search-space rules."""
+
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,19 +11,18 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, tabular_data
-from moetune.config import study_key, trial_seed
-from moetune.tuning.hydra_config import load_study
-from moetune.tuning.search_space import build_search_space
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig, TrainConfig, study_key, trial_seed
 from moetune.data import available_datasets
 from moetune.errors import ConfigError
+from moetune.moe import MMoE
 from moetune.moe.gates import build_gate
 from moetune.moe.gates.base import entropy
 from moetune.moe.local_search import PermutationLocalSearch, UniformMixingWarmup
-from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
-from moetune.moe import MMoE
-from moetune.config import TrainConfig
 from moetune.training import Trainer
+from moetune.tuning.hydra_config import load_study
+from moetune.tuning.search_space import build_search_space
+
+from conftest import REPO, tabular_data
 
 CONF = REPO / "conf"
 
@@ -76,6 +75,7 @@ def test_paper_movielens_matches_the_authors_configs():
 
 # ---------------------------------------------------------------- sweep name, study key, task weights
 
+
 def test_study_key_carries_the_task_weighting():
     assert study_key("topk", "on", "movielens", 0) == "topk-ls_on-movielens-seed0"
     assert study_key("topk", "on", "movielens", 0, [0.1, 0.9]) == "topk-ls_on-movielens-tw0.1_0.9-seed0"
@@ -86,8 +86,9 @@ def test_study_key_carries_the_task_weighting():
 
 def test_task_weights_are_not_a_hyperparameter():
     with pytest.raises(ConfigError, match=r"train.task_weights: a study setting.*sweep it instead"):
-        build_search_space({"train": {"task_weights": {"type": "categorical", "choices": [[0.1, 0.9], [0.9, 0.1]]}}},
-                           "topk", False)
+        build_search_space(
+            {"train": {"task_weights": {"type": "categorical", "choices": [[0.1, 0.9], [0.9, 0.1]]}}}, "topk", False
+        )
 
 
 def test_train_seed_is_not_a_hyperparameter():
@@ -96,20 +97,30 @@ def test_train_seed_is_not_a_hyperparameter():
 
 
 def test_a_null_entry_is_not_searched():
-    space = build_search_space({"train": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
-                                "local_search": {"e_perm": None, "e_perm_fraction": {"type": "loguniform", "low": 0.01,
-                                                                                     "high": 0.1}}}, "topk", True)
+    space = build_search_space(
+        {
+            "train": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+            "local_search": {"e_perm": None, "e_perm_fraction": {"type": "loguniform", "low": 0.01, "high": 0.1}},
+        },
+        "topk",
+        True,
+    )
     assert set(space) == {"train.lr", "local_search.e_perm_fraction"}
 
 
 def test_searching_both_e_perm_forms_is_refused():
-    both = {"local_search": {"e_perm": {"type": "int", "low": 1, "high": 3},
-                             "e_perm_fraction": {"type": "uniform", "low": 0.01, "high": 0.1}}}
+    both = {
+        "local_search": {
+            "e_perm": {"type": "int", "low": 1, "high": 3},
+            "e_perm_fraction": {"type": "uniform", "low": 0.01, "high": 0.1},
+        }
+    }
     with pytest.raises(ConfigError, match="not both"):
         build_search_space(both, "topk", True)
 
 
 # ---------------------------------------------------------------- seeds per trial
+
 
 def test_trial_seeds_differ_per_trial_and_repeat_per_study_seed():
     seeds = [trial_seed(0, n) for n in range(200)]
@@ -126,8 +137,11 @@ def test_train_seed_defaults_to_the_study_seed_and_a_trial_seed_wins():
 
 def test_different_trial_seeds_give_different_initial_weights_and_a_seed_reproduces_its_run():
     data = tabular_data()
-    cfg = (ModelConfig(n_experts=4, expert_hidden=[8], embed_dim=4, dense_hidden=[], head_hidden=[8]),
-           GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=1))
+    cfg = (
+        ModelConfig(n_experts=4, expert_hidden=[8], embed_dim=4, dense_hidden=[], head_hidden=[8]),
+        GateConfig("topk", 2),
+        LocalSearchConfig(enabled=True, e_perm=1),
+    )
     runs = [Trainer(data, *cfg, TrainConfig(lr=1e-2, max_epochs=2, seed=s, batch_size=16)) for s in (11, 12, 11)]
     assert runs[0].init_digest != runs[1].init_digest and runs[0].init_digest == runs[2].init_digest
     results = [r.fit() for r in runs]
@@ -137,9 +151,16 @@ def test_different_trial_seeds_give_different_initial_weights_and_a_seed_reprodu
 
 # ---------------------------------------------------------------- local search and its control arm
 
+
 def test_e_perm_fraction_is_truncated_like_the_authors_code_and_at_least_one():
-    config = load_study(composed("local_search=on", "train.max_epochs=100", "local_search.e_perm_fraction=0.037",
-                                 "~search_space.local_search.e_perm")).config
+    config = load_study(
+        composed(
+            "local_search=on",
+            "train.max_epochs=100",
+            "local_search.e_perm_fraction=0.037",
+            "~search_space.local_search.e_perm",
+        )
+    ).config
     assert config.for_trial().local_search.e_perm == 3  # int(0.037 * 100)
     assert config.for_trial({"local_search.e_perm_fraction": 0.01, "train.max_epochs": 12}).local_search.e_perm == 1
     # int(0.12) = 0 would skip the search
@@ -181,8 +202,13 @@ def test_warmup_mixes_uniformly_then_runs_unmixed():
 def test_warmup_arm_trains_every_expert_during_its_epochs_and_routes_sparsely_after():
     data = tabular_data()
     model_cfg = ModelConfig(n_experts=4, expert_hidden=[8], embed_dim=4, dense_hidden=[], head_hidden=[8])
-    trainer = Trainer(data, model_cfg, GateConfig("topk", 1), LocalSearchConfig(enabled=True, mixing="uniform", e_perm=1),
-                      TrainConfig(lr=1e-2, max_epochs=3, batch_size=16))
+    trainer = Trainer(
+        data,
+        model_cfg,
+        GateConfig("topk", 1),
+        LocalSearchConfig(enabled=True, mixing="uniform", e_perm=1),
+        TrainConfig(lr=1e-2, max_epochs=3, batch_size=16),
+    )
     model = trainer.model
     assert isinstance(model.local_search, UniformMixingWarmup)
     model.train()
@@ -199,6 +225,7 @@ def test_warmup_config_loads_as_the_uniform_mixing_arm():
 
 
 # ---------------------------------------------------------------- gates as the authors initialize and regularize them
+
 
 @pytest.mark.parametrize("name, attr", [("comet", "node_logits"), ("dselect_k", "selector_logits")])
 def test_smooth_step_logits_start_within_gamma_over_100(name, attr):
@@ -227,6 +254,7 @@ def test_entropy_regularizer_is_summed_over_trees_or_selectors(name):
         per_unit = entropy(two.leaf_probabilities(x))  # B x k
     else:
         from moetune.moe.gates.base import smooth_step
+
         bits = smooth_step(two.selector_logits(x).view(-1, 2, 1, two.n_bits), two.gamma)
         per_code = (two.codes * bits + (1 - two.codes) * (1 - bits)).prod(-1)
         per_unit = entropy(per_code)
@@ -242,8 +270,12 @@ def test_topk_gate_starts_like_keras_dense():
 
 
 def test_embeddings_start_small_like_keras():
-    model = MMoE(tabular_data(), ModelConfig(n_experts=4, expert_hidden=[8], embed_dim=8), GateConfig("topk", 2),
-                 LocalSearchConfig())
+    model = MMoE(
+        tabular_data(),
+        ModelConfig(n_experts=4, expert_hidden=[8], embed_dim=8),
+        GateConfig("topk", 2),
+        LocalSearchConfig(),
+    )
     weight = model.bottom.embeddings[0].weight
     assert weight.abs().max().item() <= 0.05
 

@@ -1,4 +1,5 @@
 """The synthetic teacher dataset: shapes, splits, masks, determinism, known routing, relatedness, bad params."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,12 @@ def synthetic(**params):
 def whole(data):
     """(ids, dense, targets, masks) of all splits concatenated, in split order."""
     splits = list(data.splits.values())
-    return (torch.cat([s.inputs["ids"] for s in splits]), torch.cat([s.inputs["dense"] for s in splits]),
-            torch.cat([s.targets for s in splits]), torch.cat([s.masks for s in splits]))
+    return (
+        torch.cat([s.inputs["ids"] for s in splits]),
+        torch.cat([s.inputs["dense"] for s in splits]),
+        torch.cat([s.targets for s in splits]),
+        torch.cat([s.masks for s in splits]),
+    )
 
 
 def test_shapes_and_tasks():
@@ -40,7 +45,7 @@ def test_splits_are_disjoint_and_sized_by_fractions(n, fractions):
     data = synthetic(n_samples=n, fractions=fractions, n_features=4)
     sizes = [len(s) for s in data.splits.values()]
     assert sum(sizes) == n
-    for size, fraction in zip(sizes, fractions):
+    for size, fraction in zip(sizes, fractions, strict=False):
         assert abs(size - fraction * n) <= 1
     # rows are identified by their (continuous, so distinct) features
     rows = [{tuple(r) for r in s.inputs["dense"].tolist()} for s in data.splits.values()]
@@ -65,7 +70,7 @@ def test_click_rate_is_neither_zero_nor_one():
 
 def test_same_seed_same_data_different_seed_different_data():
     a, b, c = synthetic(seed=3), synthetic(seed=3), synthetic(seed=4)
-    for x, y in zip(whole(a), whole(b)):
+    for x, y in zip(whole(a), whole(b), strict=False):
         assert torch.equal(x, y)
     assert a.truth == b.truth
     assert not torch.equal(whole(a)[1], whole(c)[1])
@@ -122,22 +127,25 @@ def test_relatedness_controls_how_much_clicks_say_about_ratings(seed):
     assert abs(means[0.0]) < 0.1
 
 
-@pytest.mark.parametrize("params, key", [
-    (dict(n_samples=0), "n_samples"),
-    (dict(n_samples=10), "n_samples"),
-    (dict(n_features=0), "n_features"),
-    (dict(n_ids=0), "n_ids"),
-    (dict(n_teacher_experts=0), "n_teacher_experts"),
-    (dict(teacher_hidden=-1), "teacher_hidden"),
-    (dict(noise=-0.1), "noise"),
-    (dict(relatedness=1.5), "relatedness"),
-    (dict(relatedness=-0.1), "relatedness"),
-    (dict(fractions=(0.5, 0.5, 0.5)), "fractions"),
-    (dict(fractions=(0.9, 0.1)), "fractions"),
-    (dict(fractions=(1.0, 0.0, 0.0)), "fractions"),
-    (dict(n_samples=40, fractions=(0.98, 0.01, 0.01)), "fractions"),
-    (dict(not_a_param=1), "not_a_param"),
-])
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        (dict(n_samples=0), "n_samples"),
+        (dict(n_samples=10), "n_samples"),
+        (dict(n_features=0), "n_features"),
+        (dict(n_ids=0), "n_ids"),
+        (dict(n_teacher_experts=0), "n_teacher_experts"),
+        (dict(teacher_hidden=-1), "teacher_hidden"),
+        (dict(noise=-0.1), "noise"),
+        (dict(relatedness=1.5), "relatedness"),
+        (dict(relatedness=-0.1), "relatedness"),
+        (dict(fractions=(0.5, 0.5, 0.5)), "fractions"),
+        (dict(fractions=(0.9, 0.1)), "fractions"),
+        (dict(fractions=(1.0, 0.0, 0.0)), "fractions"),
+        (dict(n_samples=40, fractions=(0.98, 0.01, 0.01)), "fractions"),
+        (dict(not_a_param=1), "not_a_param"),
+    ],
+)
 def test_bad_params_are_config_errors(params, key):
     with pytest.raises(ConfigError) as info:
         load_dataset("synthetic", **params)

@@ -1,4 +1,5 @@
 """Training end to end on tiny synthetic data: learning, determinism, early stopping, divergence, metrics."""
+
 from __future__ import annotations
 
 import math
@@ -7,11 +8,10 @@ import pytest
 import torch
 
 from moetune import contract
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig, TrainConfig
 from moetune.data import load_dataset
 from moetune.errors import TrainingDivergedError
 from moetune.moe.gates import available_gates
-from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
-from moetune.config import TrainConfig
 from moetune.training import Trainer
 
 N_EXPERTS = 4
@@ -29,7 +29,9 @@ def fresh_data(n_samples: int = 600):
 
 
 def model_cfg(**overrides) -> ModelConfig:
-    cfg = dict(n_experts=N_EXPERTS, expert_hidden=[16], expert_dropout=0.0, embed_dim=16, dense_hidden=[16], head_hidden=[16])
+    cfg = dict(
+        n_experts=N_EXPERTS, expert_hidden=[16], expert_dropout=0.0, embed_dim=16, dense_hidden=[16], head_hidden=[16]
+    )
     cfg.update(overrides)
     return ModelConfig(**cfg)
 
@@ -37,8 +39,13 @@ def model_cfg(**overrides) -> ModelConfig:
 def make_trainer(data, gate="topk", local_search=False, e_perm=2, model=None, **train) -> Trainer:
     train_cfg = dict(lr=3e-3, batch_size=128, max_epochs=4, patience=10, device="cpu")
     train_cfg.update(train)
-    return Trainer(data, model or model_cfg(), GateConfig(gate, 1 if gate == "hash" else 2),
-                   LocalSearchConfig(enabled=local_search, e_perm=e_perm), TrainConfig(**train_cfg))
+    return Trainer(
+        data,
+        model or model_cfg(),
+        GateConfig(gate, 1 if gate == "hash" else 2),
+        LocalSearchConfig(enabled=local_search, e_perm=e_perm),
+        TrainConfig(**train_cfg),
+    )
 
 
 def without_timings(metrics: dict) -> dict:
@@ -46,6 +53,7 @@ def without_timings(metrics: dict) -> dict:
 
 
 # --- learning ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("local_search", [False, True], ids=["off", "on"])
 @pytest.mark.parametrize("gate", available_gates())
@@ -73,12 +81,17 @@ def test_local_search_is_frozen_after_e_perm_epochs(data):
 
 # --- determinism -------------------------------------------------------------------------------------
 
+
 def test_same_seed_same_run_different_seed_different_run(data):
     # noisy gating, dropout and the Gumbel noise of local search all draw random numbers
     def run(seed):
-        trainer = Trainer(data, model_cfg(expert_dropout=0.2), GateConfig("topk", 2, {"noisy": True}),
-                          LocalSearchConfig(enabled=True, e_perm=1),
-                          TrainConfig(lr=3e-3, batch_size=256, max_epochs=2, device="cpu", seed=seed))
+        trainer = Trainer(
+            data,
+            model_cfg(expert_dropout=0.2),
+            GateConfig("topk", 2, {"noisy": True}),
+            LocalSearchConfig(enabled=True, e_perm=1),
+            TrainConfig(lr=3e-3, batch_size=256, max_epochs=2, device="cpu", seed=seed),
+        )
         return trainer.fit()
 
     a, b, c = run(1), run(1), run(2)
@@ -90,6 +103,7 @@ def test_same_seed_same_run_different_seed_different_run(data):
 
 
 # --- early stopping ----------------------------------------------------------------------------------
+
 
 def expected_stop(val_losses: list[float], patience: int, max_epochs: int) -> int:
     best, best_epoch = math.inf, 0
@@ -127,7 +141,9 @@ def test_early_stopping_restores_the_best_weights():
 
 
 def test_best_weights_restored_with_local_search():
-    trainer = make_trainer(fresh_data(), "topk", local_search=True, e_perm=1, lr=3e-2, batch_size=64, max_epochs=8, patience=2)
+    trainer = make_trainer(
+        fresh_data(), "topk", local_search=True, e_perm=1, lr=3e-2, batch_size=64, max_epochs=8, patience=2
+    )
     result = trainer.fit()
     best = result.history[result.best_epoch - 1]
     assert result.val[contract.VAL_LOSS] == pytest.approx(best[contract.VAL_LOSS], rel=1e-6)
@@ -135,6 +151,7 @@ def test_best_weights_restored_with_local_search():
 
 
 # --- divergence --------------------------------------------------------------------------------------
+
 
 def test_nan_target_in_train_split_raises_diverged_at_epoch_one():
     data = fresh_data()
@@ -175,11 +192,12 @@ def test_missing_targets_are_skipped_even_when_nan():
 
 # --- callbacks, metrics, diagnostics -----------------------------------------------------------------
 
+
 def test_on_epoch_called_once_per_epoch_with_losses(data):
     seen = []
     result = make_trainer(data, max_epochs=3).fit(lambda epoch, metrics: seen.append((epoch, dict(metrics))))
     assert [e for e, _ in seen] == [1, 2, 3] == [h["epoch"] for h in result.history]
-    for (epoch, metrics), entry in zip(seen, result.history):
+    for (epoch, metrics), entry in zip(seen, result.history, strict=False):
         assert math.isfinite(metrics[contract.TRAIN_LOSS]) and math.isfinite(metrics[contract.VAL_LOSS])
         assert {"epoch": epoch, **metrics} == entry
 
@@ -187,9 +205,19 @@ def test_on_epoch_called_once_per_epoch_with_losses(data):
 def test_final_metrics_use_schema_names(data):
     result = make_trainer(data, max_epochs=2).fit()
     metrics = result.final_metrics()
-    expected = {"best_val_loss", "test_loss", "test_click_auc", "test_rating_mse", contract.WALL_SECONDS,
-                contract.CPU_SECONDS, contract.ACTIVE_EXPERTS, contract.BEST_EPOCH, "best_val_click_auc",
-                "best_val_rating_mse", "routing_nmi"}
+    expected = {
+        "best_val_loss",
+        "test_loss",
+        "test_click_auc",
+        "test_rating_mse",
+        contract.WALL_SECONDS,
+        contract.CPU_SECONDS,
+        contract.ACTIVE_EXPERTS,
+        contract.BEST_EPOCH,
+        "best_val_click_auc",
+        "best_val_rating_mse",
+        "routing_nmi",
+    }
     assert expected <= metrics.keys()
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert 0.0 <= metrics["test_click_auc"] <= 1.0

@@ -66,11 +66,13 @@ class ModelConfig:
 
 @dataclass
 class GateConfig:
-    """Which gate (a module of moetune.moe.gates) and its keys; ``params`` holds the gate's own keys."""
+    """Which gate (a module of moetune.moe.gates) and its keys; ``params`` holds the gate's own keys, and
+    ``search`` the distributions its YAML file proposes for them (a search space's ``gate.<name>`` wins)."""
 
     name: str = "topk"
     k: int = 2
     params: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)  # the gate's own search-space entries (see search_space)
 
     def __post_init__(self) -> None:
         _require(self.k >= 1, f"gate.k must be at least 1 (got k={self.k})")
@@ -186,9 +188,7 @@ class StudyConfig:
     local_search: LocalSearchConfig = field(default_factory=LocalSearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search_space: dict[str, Any] = field(default_factory=dict)
-    sampler: dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
-    )
+    sampler: dict[str, Any] = field(default_factory=lambda: {"_target_": "optuna.samplers.RandomSampler", "seed": 0})
     tuner: TunerConfig = field(default_factory=TunerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

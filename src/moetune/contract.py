@@ -103,7 +103,9 @@ class FinalReport:
 
 def parse_report(result: dict[str, Any] | None) -> EpochReport | FinalReport | None:
     """A Tune result back into the report a trial sent; None for a result that is not one (Tune's own)."""
-    kind = (result or {}).get(REPORT)
+    if not result:
+        return None
+    kind = result.get(REPORT)
     if kind == EPOCH:
         return EpochReport(int(result[EPOCH]), dict(result["metrics"]))
     if kind == FINAL:

@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moetune", description="Tuning budgets of sparse Mixture-of-Experts gates.")
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     e = commands.add_parser(
-        "export", help="budget-vs-quality curves, figures and summary of a sweep",
+        "export",
+        help="budget-vs-quality curves, figures and summary of a sweep",
         description="Budget-vs-quality curves of a sweep, from its MLflow runs.",
     )
     e.add_argument("--experiment", required=True, help="MLflow experiment (= sweep) name")
@@ -58,7 +59,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--metric", default=None, help="one test metric (default: every test_* metric recorded)")
     e.add_argument("--selection", default="best_val_loss", help="validation metric that selects a trial")
     e.add_argument(
-        "--filter", action="append", default=[], metavar="KEY=VALUE",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="keep studies whose tag KEY equals VALUE (repeatable), e.g. dataset=movielens",
     )
     e.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for bands and intervals")

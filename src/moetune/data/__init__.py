@@ -1,4 +1,5 @@
 """Datasets by name: the module moetune.data.<name> exposes load(**params) -> MultiTaskData."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,7 +15,9 @@ _NOT_DATASETS = {"base"}
 
 
 def available_datasets() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_DATASETS and not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_DATASETS and not m.name.startswith("_")
+    )
 
 
 def load_dataset(name: str, **params) -> MultiTaskData:

@@ -6,6 +6,7 @@ Each sample overlays two s x s images on a (s + 2 * shift) square canvas: the fi
 so overlapping strokes stay in range (the COMET authors' generator adds them instead).
 Task 1 is the top-left image's class, task 2 the bottom-right one's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,20 +47,24 @@ def overlay(images: np.ndarray, first: np.ndarray, second: np.ndarray, shift: in
     size = s + 2 * shift
     canvas = np.zeros((n, 1, size, size), dtype=np.float32)
     canvas[:, 0, :s, :s] = images[first]
-    corner = canvas[:, 0, 2 * shift:, 2 * shift:]
+    corner = canvas[:, 0, 2 * shift :, 2 * shift :]
     np.maximum(corner, images[second], out=corner)
     canvas *= np.float32(scale)
     return canvas
 
 
-def make_split(images: np.ndarray, labels: np.ndarray, pool: np.ndarray, n: int, rng: np.random.Generator,
-               shift: int, scale: float) -> Split:
+def make_split(
+    images: np.ndarray, labels: np.ndarray, pool: np.ndarray, n: int, rng: np.random.Generator, shift: int, scale: float
+) -> Split:
     """A split of n overlaid pairs drawn from `pool`; targets are the two class indices."""
     first, second = sample_pairs(pool, n, rng)
     canvas = overlay(images, first, second, shift, scale)
     targets = np.stack([labels[first], labels[second]], axis=1).astype(np.float32)
-    return Split(inputs={"image": torch.from_numpy(canvas)}, targets=torch.from_numpy(targets),
-                 masks=torch.ones(n, 2, dtype=torch.bool))
+    return Split(
+        inputs={"image": torch.from_numpy(canvas)},
+        targets=torch.from_numpy(targets),
+        masks=torch.ones(n, 2, dtype=torch.bool),
+    )
 
 
 def split_pool(n_images: int, sizes: list[int], rng: np.random.Generator) -> list[np.ndarray]:
@@ -67,8 +72,10 @@ def split_pool(n_images: int, sizes: list[int], rng: np.random.Generator) -> lis
     (so no source image appears in two splits); every pool gets at least two images."""
     perm = rng.permutation(n_images)
     bounds = np.round(np.cumsum([0] + sizes) / sum(sizes) * n_images).astype(int)
-    pools = [perm[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    pools = [perm[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
     if any(len(p) < 2 for p in pools):
-        raise ConfigError(f"sizes {sizes} split {n_images} source images into pools of {[len(p) for p in pools]}; "
-                          f"each needs at least 2: make the sizes less uneven")
+        raise ConfigError(
+            f"sizes {sizes} split {n_images} source images into pools of {[len(p) for p in pools]}; "
+            f"each needs at least 2: make the sizes less uneven"
+        )
     return pools

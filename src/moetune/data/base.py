@@ -3,6 +3,7 @@
 A dataset module under moetune.data exposes ``load(**params) -> MultiTaskData``; the config file
 conf/dataset/<name>.yaml names the module in ``name`` and passes the rest as params.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def index(self, idx: torch.Tensor) -> "Split":
+    def index(self, idx: torch.Tensor) -> Split:
         return Split(
             inputs={k: v[idx] for k, v in self.inputs.items()},
             targets=self.targets[idx],
@@ -59,7 +60,7 @@ class Split:
             routing_ids=None if self.routing_ids is None else self.routing_ids[idx],
         )
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(
             inputs={k: v.to(device) for k, v in self.inputs.items()},
             targets=self.targets.to(device),
@@ -93,7 +94,7 @@ class MultiTaskData:
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape[1:]) for k, v in self.train.inputs.items()}
 
-    def validate(self) -> "MultiTaskData":
+    def validate(self) -> MultiTaskData:
         """Check the invariants every consumer relies on; raises ValueError naming the split and field."""
         n_tasks = len(self.tasks)
         for split_name, split in self.splits.items():
@@ -101,7 +102,9 @@ class MultiTaskData:
             if n == 0:
                 raise ValueError(f"{self.name}: split {split_name!r} is empty")
             if tuple(split.targets.shape) != (n, n_tasks):
-                raise ValueError(f"{self.name}/{split_name}: targets shape {tuple(split.targets.shape)} != ({n}, {n_tasks})")
+                raise ValueError(
+                    f"{self.name}/{split_name}: targets shape {tuple(split.targets.shape)} != ({n}, {n_tasks})"
+                )
             if tuple(split.masks.shape) != (n, n_tasks) or split.masks.dtype != torch.bool:
                 raise ValueError(f"{self.name}/{split_name}: masks must be bool of shape ({n}, {n_tasks})")
             for key, value in split.inputs.items():
@@ -112,7 +115,10 @@ class MultiTaskData:
             if "ids" in split.inputs:
                 ids = split.inputs["ids"]
                 if ids.shape[1] != len(self.id_cardinalities):
-                    raise ValueError(f"{self.name}/{split_name}: {ids.shape[1]} id columns but {len(self.id_cardinalities)} cardinalities")
+                    raise ValueError(
+                        f"{self.name}/{split_name}: {ids.shape[1]} id columns "
+                        f"but {len(self.id_cardinalities)} cardinalities"
+                    )
                 for col, card in enumerate(self.id_cardinalities):
                     if ids.numel() and (int(ids[:, col].min()) < 0 or int(ids[:, col].max()) >= card):
                         raise ValueError(f"{self.name}/{split_name}: id column {col} outside [0, {card})")
@@ -124,11 +130,13 @@ class MultiTaskData:
         return self
 
 
-def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_indices(
+    n: int, fractions: tuple[float, float, float], seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A seeded random split of range(n) into train/val/test index tensors by fractions (summing to 1)."""
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must be three positive numbers summing to 1, got {list(fractions)}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_train = int(round(fractions[0] * n))
     n_val = int(round(fractions[1] * n))
-    return perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]

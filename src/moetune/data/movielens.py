@@ -13,13 +13,14 @@ pair was not watched, so its loss only sees real ratings.
 
 The helpers ``check_fractions``, ``subsample`` and ``build_data`` are shared with movielens_1m.
 """
+
 from __future__ import annotations
 
 import io
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,16 +32,24 @@ from moetune.errors import ConfigError, DataError
 TASKS = [Task("watch", "binary"), Task("rating", "regression")]
 ENV_VAR = "MOETUNE_MOVIELENS_DIR"
 DEFAULT_DIR = "../shared/data/movielens-comet"
-SOURCE = ("the COMET benchmark's MovieLens files (repository mazumder-lab/COMET, data/datasets/movielens) "
-          "or build them from MovieLens 1M ratings.dat with dataset=movielens_1m")
+SOURCE = (
+    "the COMET benchmark's MovieLens files (repository mazumder-lab/COMET, data/datasets/movielens) "
+    "or build them from MovieLens 1M ratings.dat with dataset=movielens_1m"
+)
 
 # kind -> number of columns; the folder and file stem are the kind's name
 KINDS = {"shared_features": 2, "watch_classification_targets": 1, "rating_regression_targets": 1}
 SPLIT_FILE_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 
 
-def load(path: str | None = None, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-         max_rows: int | None = None, n_users: int = 6040, n_movies: int = 3952) -> MultiTaskData:
+def load(
+    path: str | None = None,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    max_rows: int | None = None,
+    n_users: int = 6040,
+    n_movies: int = 3952,
+) -> MultiTaskData:
     """Load the COMET MovieLens files under `path` (None: $MOETUNE_MOVIELENS_DIR, else
     ../shared/data/movielens-comet relative to the working directory).
 
@@ -83,7 +92,9 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         raise ConfigError(f"fractions must be three numbers (train, val, test), got {fractions!r}") from None
     if len(values) != 3 or not all(math.isfinite(f) and f > 0 for f in values) or abs(sum(values) - 1) > 1e-6:
-        raise ConfigError(f"fractions must be three positive numbers summing to 1 (train, val, test), got {list(fractions)}")
+        raise ConfigError(
+            f"fractions must be three positive numbers summing to 1 (train, val, test), got {list(fractions)}"
+        )
     return values
 
 
@@ -107,7 +118,7 @@ def split_arrays(arrays: Arrays, fractions: Sequence[float], seed: int) -> dict[
     idx = split_indices(n, tuple(fractions), seed)
     if any(len(i) == 0 for i in idx):
         raise ConfigError(f"{n} rows are too few to split by fractions {list(fractions)}: a split would be empty")
-    return {name: tuple(a[i.numpy()] for a in arrays) for name, i in zip(("train", "val", "test"), idx)}
+    return {name: tuple(a[i.numpy()] for a in arrays) for name, i in zip(("train", "val", "test"), idx, strict=False)}
 
 
 def build_data(name: str, parts: dict[str, Arrays], n_users: int, n_movies: int) -> MultiTaskData:
@@ -123,12 +134,18 @@ def build_data(name: str, parts: dict[str, Arrays], n_users: int, n_movies: int)
             masks=torch.stack([torch.ones_like(watched), watched], dim=1),
             routing_ids=torch.as_tensor(np.asarray(ids[:, 0], dtype=np.int64)),
         )
-    return MultiTaskData(name=name, tasks=list(TASKS), train=splits["train"], val=splits["val"], test=splits["test"],
-                         id_cardinalities=[n_users, n_movies], n_routing_ids=n_users)
+    return MultiTaskData(
+        name=name,
+        tasks=list(TASKS),
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        id_cardinalities=[n_users, n_movies],
+        n_routing_ids=n_users,
+    )
 
 
-def read_table(path: Path, n_cols: int, dtype: type, sep: str = ",",
-               names: Sequence[str] | None = None) -> np.ndarray:
+def read_table(path: Path, n_cols: int, dtype: type, sep: str = ",", names: Sequence[str] | None = None) -> np.ndarray:
     """Read a header-less table fast with pandas; on any problem find and name the first bad line.
 
     Blank lines are kept as rows (and so are errors), hence row i is line i + 1 of the file.
@@ -160,6 +177,7 @@ def first_bad_row(bad: np.ndarray) -> int:
 
 # ---------------------------------------------------------------- internals
 
+
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -168,8 +186,10 @@ def _check_positive_int(name: str, value) -> None:
 def _find_split_files(folder: Path) -> dict[str, dict[str, Path]]:
     """split -> kind -> file, for the splits whose three files are all present."""
     if not folder.is_dir():
-        raise DataError(f"MovieLens folder {folder.resolve()} does not exist (set path=..., or ${ENV_VAR}; "
-                        f"default {DEFAULT_DIR} from the working directory); expected {_layout()} from {SOURCE}")
+        raise DataError(
+            f"MovieLens folder {folder.resolve()} does not exist (set path=..., or ${ENV_VAR}; "
+            f"default {DEFAULT_DIR} from the working directory); expected {_layout()} from {SOURCE}"
+        )
     found: dict[str, dict[str, Path]] = {}
     for split, stems in SPLIT_FILE_NAMES.items():
         kind_files = {}
@@ -182,15 +202,19 @@ def _find_split_files(folder: Path) -> dict[str, dict[str, Path]]:
                 kind_files[kind] = existing[0]
         if kind_files and len(kind_files) < len(KINDS):
             missing = [str(folder / k / f"{k}_{stems[0]}.csv") for k in KINDS if k not in kind_files]
-            raise DataError(f"MovieLens split {split!r} is incomplete: missing {', '.join(missing)} "
-                            f"(its aligned files are {_layout(split)}); from {SOURCE}")
+            raise DataError(
+                f"MovieLens split {split!r} is incomplete: missing {', '.join(missing)} "
+                f"(its aligned files are {_layout(split)}); from {SOURCE}"
+            )
         if kind_files:
             found[split] = kind_files
     if not found:
         raise DataError(f"no MovieLens files in {folder.resolve()}: expected {_layout()} from {SOURCE}")
     if len(found) == 2:
-        raise DataError(f"{folder}: found the {' and '.join(found)} splits only; give all three "
-                        f"(train, val, test) or exactly one (it is then split by fractions)")
+        raise DataError(
+            f"{folder}: found the {' and '.join(found)} splits only; give all three "
+            f"(train, val, test) or exactly one (it is then split by fractions)"
+        )
     return found
 
 
@@ -202,25 +226,33 @@ def _read_split(split: str, files: dict[str, Path], n_users: int, n_movies: int)
     ids = read_table(files["shared_features"], 2, np.int64, names=["user_id", "movie_id"])
     watch = read_table(files["watch_classification_targets"], 1, np.float64, names=["watch"])[:, 0]
     rating = read_table(files["rating_regression_targets"], 1, np.float64, names=["rating"])[:, 0]
-    counts = {p.name: len(a) for p, a in zip(files.values(), (ids, watch, rating))}
+    counts = {p.name: len(a) for p, a in zip(files.values(), (ids, watch, rating), strict=False)}
     if len(set(counts.values())) > 1:
-        raise DataError(f"MovieLens split {split!r}: the aligned files have different row counts: "
-                        + ", ".join(f"{name} {n}" for name, n in counts.items()))
+        raise DataError(
+            f"MovieLens split {split!r}: the aligned files have different row counts: "
+            + ", ".join(f"{name} {n}" for name, n in counts.items())
+        )
     for col, (what, card, param) in enumerate((("user_id", n_users, "n_users"), ("movie_id", n_movies, "n_movies"))):
         bad = (ids[:, col] < 0) | (ids[:, col] >= card)
         if bad.any():
             i = first_bad_row(bad)
-            raise DataError(f"{files['shared_features']}, line {i + 1}: {what} {ids[i, col]} is outside the "
-                            f"vocabulary [0, {card}) ({param}={card}; raise it if this is a larger MovieLens)")
+            raise DataError(
+                f"{files['shared_features']}, line {i + 1}: {what} {ids[i, col]} is outside the "
+                f"vocabulary [0, {card}) ({param}={card}; raise it if this is a larger MovieLens)"
+            )
     bad = ~np.isin(watch, (0, 1))
     if bad.any():
         i = first_bad_row(bad)
-        raise DataError(f"{files['watch_classification_targets']}, line {i + 1}: watch label {watch[i]:g} is not 0 or 1")
+        raise DataError(
+            f"{files['watch_classification_targets']}, line {i + 1}: watch label {watch[i]:g} is not 0 or 1"
+        )
     bad = np.where(watch == 1, ~np.isin(rating, (1, 2, 3, 4, 5)), rating != 0)
     if bad.any():
         i = first_bad_row(bad)
         expected = "a rating 1..5 (the pair was watched)" if watch[i] == 1 else "0 (the pair was not watched)"
-        raise DataError(f"{files['rating_regression_targets']}, line {i + 1}: rating {rating[i]:g}, expected {expected}")
+        raise DataError(
+            f"{files['rating_regression_targets']}, line {i + 1}: rating {rating[i]:g}, expected {expected}"
+        )
     return ids, watch, rating
 
 
@@ -234,8 +266,10 @@ def _raise_first_bad_line(path: Path, n_cols: int, dtype: type, sep: str, names:
             fields = line.split(sep)
             if len(fields) != n_cols:
                 what = "an empty line" if not line.strip() else f"{len(fields)} field(s)"
-                raise DataError(f"{path}, line {lineno}: expected {n_cols} field(s) separated by {sep!r}, "
-                                f"found {what}: {line[:80]!r}")
+                raise DataError(
+                    f"{path}, line {lineno}: expected {n_cols} field(s) separated by {sep!r}, "
+                    f"found {what}: {line[:80]!r}"
+                )
             for k, field in enumerate(fields):
                 try:
                     convert(field)

@@ -11,6 +11,7 @@ rename) so that a crash never leaves a half-written cache and the next run start
 Data: https://grouplens.org/datasets/movielens/1m/ (ml-1m.zip); research use, cite Harper &
 Konstan 2015.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,14 +20,21 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from moetune.data.base import MultiTaskData
-from moetune.data.movielens import (Arrays, build_data, check_fractions, check_seed, first_bad_row, read_table,
-                                    split_arrays)
+from moetune.data.movielens import (
+    Arrays,
+    build_data,
+    check_fractions,
+    check_seed,
+    first_bad_row,
+    read_table,
+    split_arrays,
+)
 from moetune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -37,8 +45,14 @@ SOURCE = "MovieLens 1M from GroupLens (https://grouplens.org/datasets/movielens/
 CACHE_VERSION = 1  # bump when the construction changes, so old caches are not reused
 
 
-def load(path: str | None = None, negative_ratio: float = 1.0, fractions: Sequence[float] = (0.8, 0.1, 0.1),
-         seed: int = 0, max_ratings: int | None = None, cache_dir: str | None = None) -> MultiTaskData:
+def load(
+    path: str | None = None,
+    negative_ratio: float = 1.0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    max_ratings: int | None = None,
+    cache_dir: str | None = None,
+) -> MultiTaskData:
     """Build (or read from the cache) the watch/rating dataset from ratings.dat.
 
     path: the folder holding ratings.dat, or the file itself (None: $MOETUNE_MOVIELENS_1M_DIR, else ./ml-1m).
@@ -49,18 +63,36 @@ def load(path: str | None = None, negative_ratio: float = 1.0, fractions: Sequen
     """
     fractions = check_fractions(fractions)
     check_seed(seed)
-    if isinstance(negative_ratio, bool) or not isinstance(negative_ratio, (int, float)) \
-            or not math.isfinite(negative_ratio) or negative_ratio <= 0:
+    if (
+        isinstance(negative_ratio, bool)
+        or not isinstance(negative_ratio, (int, float))
+        or not math.isfinite(negative_ratio)
+        or negative_ratio <= 0
+    ):
         raise ConfigError(f"negative_ratio must be a positive number, got {negative_ratio!r}")
-    if max_ratings is not None and (isinstance(max_ratings, bool) or not isinstance(max_ratings, int) or max_ratings <= 0):
+    if max_ratings is not None and (
+        isinstance(max_ratings, bool) or not isinstance(max_ratings, int) or max_ratings <= 0
+    ):
         raise ConfigError(f"max_ratings must be a positive integer or null, got {max_ratings!r}")
     ratings_file = _ratings_file(path)
-    params = {"negative_ratio": float(negative_ratio), "fractions": list(fractions), "seed": int(seed),
-              "max_ratings": max_ratings}
+    params = {
+        "negative_ratio": float(negative_ratio),
+        "fractions": list(fractions),
+        "seed": int(seed),
+        "max_ratings": max_ratings,
+    }
 
     stat = ratings_file.stat()
-    key_text = json.dumps({"version": CACHE_VERSION, "file": str(ratings_file.resolve()), "size": stat.st_size,
-                           "mtime_ns": stat.st_mtime_ns, **params}, sort_keys=True)
+    key_text = json.dumps(
+        {
+            "version": CACHE_VERSION,
+            "file": str(ratings_file.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            **params,
+        },
+        sort_keys=True,
+    )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
     cached = _read_cache(cache_dir, ratings_file, key)
     if cached is not None:
@@ -76,6 +108,7 @@ def cache_file(cache_dir: str | Path, key: str) -> Path:
 
 
 # ---------------------------------------------------------------- building
+
 
 def read_ratings(ratings_file: Path) -> np.ndarray:
     """The N x 4 int64 table of ratings.dat, validated: 4 integer fields a line, ratings 1..5, no repeated pair."""
@@ -97,8 +130,9 @@ def read_ratings(ratings_file: Path) -> np.ndarray:
     return table
 
 
-def _build(ratings_file: Path, negative_ratio: float, fractions: Sequence[float], seed: int,
-           max_ratings: int | None) -> tuple[dict[str, Arrays], int, int]:
+def _build(
+    ratings_file: Path, negative_ratio: float, fractions: Sequence[float], seed: int, max_ratings: int | None
+) -> tuple[dict[str, Arrays], int, int]:
     table = read_ratings(ratings_file)
     rng = np.random.default_rng(seed)
     if max_ratings is not None and max_ratings < len(table):
@@ -111,15 +145,20 @@ def _build(ratings_file: Path, negative_ratio: float, fractions: Sequence[float]
     n_neg = int(round(negative_ratio * len(table)))
     n_free = n_users * n_movies - len(table)
     if n_neg > n_free:
-        raise ConfigError(f"negative_ratio={negative_ratio} asks for {n_neg} unrated pairs but only {n_free} exist "
-                          f"({n_users} users x {n_movies} movies - {len(table)} ratings)")
+        raise ConfigError(
+            f"negative_ratio={negative_ratio} asks for {n_neg} unrated pairs but only {n_free} exist "
+            f"({n_users} users x {n_movies} movies - {len(table)} ratings)"
+        )
     negatives = _sample_unrated(rng, rated, n_users * n_movies, n_neg)
 
-    ids = np.concatenate([np.stack([user_idx, movie_idx], axis=1),
-                          np.stack([negatives // n_movies, negatives % n_movies], axis=1)]).astype(np.int64)
+    ids = np.concatenate(
+        [np.stack([user_idx, movie_idx], axis=1), np.stack([negatives // n_movies, negatives % n_movies], axis=1)]
+    ).astype(np.int64)
     watch = np.concatenate([np.ones(len(table)), np.zeros(n_neg)]).astype(np.float32)
     rating = np.concatenate([table[:, 2], np.zeros(n_neg)]).astype(np.float32)
-    log.info("movielens_1m: %d ratings + %d sampled negatives, %d users, %d movies", len(table), n_neg, n_users, n_movies)
+    log.info(
+        "movielens_1m: %d ratings + %d sampled negatives, %d users, %d movies", len(table), n_neg, n_users, n_movies
+    )
     return split_arrays((ids, watch, rating), fractions, seed), n_users, n_movies
 
 
@@ -138,12 +177,15 @@ def _sample_unrated(rng: np.random.Generator, rated: np.ndarray, n_pairs: int, n
 
 # ---------------------------------------------------------------- cache
 
+
 def _ratings_file(path: str | None) -> Path:
     given = Path(path if path is not None else os.environ.get(ENV_VAR, DEFAULT_DIR)).expanduser()
     file = given / "ratings.dat" if given.is_dir() else given
     if not file.is_file():
-        raise DataError(f"MovieLens 1M ratings file {file.resolve()} does not exist (path=... names the folder with "
-                        f"ratings.dat or the file; default ${ENV_VAR} or ./{DEFAULT_DIR}); get it from {SOURCE}")
+        raise DataError(
+            f"MovieLens 1M ratings file {file.resolve()} does not exist (path=... names the folder with "
+            f"ratings.dat or the file; default ${ENV_VAR} or ./{DEFAULT_DIR}); get it from {SOURCE}"
+        )
     return file
 
 
@@ -170,9 +212,12 @@ def _read_cache(cache_dir: str | None, ratings_file: Path, key: str):
     return None
 
 
-def _write_cache(cache_dir: str | None, ratings_file: Path, key: str, parts: dict[str, Arrays],
-                 n_users: int, n_movies: int) -> Path | None:
-    arrays = {f"{s}_{name}": a for s, p in parts.items() for name, a in zip(("ids", "watch", "rating"), p)}
+def _write_cache(
+    cache_dir: str | None, ratings_file: Path, key: str, parts: dict[str, Arrays], n_users: int, n_movies: int
+) -> Path | None:
+    arrays = {
+        f"{s}_{name}": a for s, p in parts.items() for name, a in zip(("ids", "watch", "rating"), p, strict=False)
+    }
     for folder in _cache_dirs(cache_dir, ratings_file):
         tmp = None
         try:

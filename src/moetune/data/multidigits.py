@@ -7,6 +7,7 @@ Task 1 classifies the top-left digit, task 2 the bottom-right one. The 1,797 dig
 split into disjoint pools (proportional to the split sizes), so test pairs never reuse a train or
 validation digit.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,6 +28,8 @@ def load(n_train: int = 8000, n_val: int = 1000, n_test: int = 1000, seed: int =
     rng = np.random.default_rng(seed)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     pools = split_pool(len(images), list(sizes.values()), rng)
-    splits = {name: make_split(images, labels, pool, n, rng, SHIFT, 1 / 16)
-              for (name, n), pool in zip(sizes.items(), pools)}
+    splits = {
+        name: make_split(images, labels, pool, n, rng, SHIFT, 1 / 16)
+        for (name, n), pool in zip(sizes.items(), pools, strict=False)
+    }
     return MultiTaskData(name="multidigits", tasks=list(TASKS), **splits)

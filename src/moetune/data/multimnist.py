@@ -9,6 +9,7 @@ the paper's sizes, like the authors' split), test pairs from the t10k images.
 Files in `path` (each optionally gzipped, name + ".gz"): train-images-idx3-ubyte,
 train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,15 +25,25 @@ from moetune.errors import ConfigError, DataError
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 SIDE, SHIFT = 28, 4
 VARIANTS = {
-    "mnist": ("MOETUNE_MNIST_DIR", "MNIST (http://yann.lecun.com/exdb/mnist/ or a mirror; "
-                                   "torchvision's MNIST/raw folder holds the same files)"),
-    "fashion": ("MOETUNE_FASHION_MNIST_DIR", "Fashion-MNIST (https://github.com/zalandoresearch/fashion-mnist, "
-                                             "folder data/fashion)"),
+    "mnist": (
+        "MOETUNE_MNIST_DIR",
+        "MNIST (http://yann.lecun.com/exdb/mnist/ or a mirror; torchvision's MNIST/raw folder holds the same files)",
+    ),
+    "fashion": (
+        "MOETUNE_FASHION_MNIST_DIR",
+        "Fashion-MNIST (https://github.com/zalandoresearch/fashion-mnist, folder data/fashion)",
+    ),
 }
 
 
-def load(path: str | None = None, variant: str = "mnist", n_train: int = 100000, n_val: int = 20000,
-         n_test: int = 20000, seed: int = 0) -> MultiTaskData:
+def load(
+    path: str | None = None,
+    variant: str = "mnist",
+    n_train: int = 100000,
+    n_val: int = 20000,
+    n_test: int = 20000,
+    seed: int = 0,
+) -> MultiTaskData:
     """Build the overlaid pairs from the IDX files in `path` (None: $MOETUNE_MNIST_DIR, or
     $MOETUNE_FASHION_MNIST_DIR for variant=fashion). variant only names the data in messages."""
     if variant not in VARIANTS:
@@ -42,12 +53,15 @@ def load(path: str | None = None, variant: str = "mnist", n_train: int = 100000,
     if path is None:
         path = os.environ.get(env_var)
         if path is None:
-            raise ConfigError(f"multimnist ({variant}) needs path=<folder with the IDX files> (or ${env_var}); "
-                              f"get them from {source}")
+            raise ConfigError(
+                f"multimnist ({variant}) needs path=<folder with the IDX files> (or ${env_var}); get them from {source}"
+            )
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise DataError(f"{variant} IDX folder {folder.resolve()} does not exist; it should hold "
-                        f"train-images-idx3-ubyte[.gz] and the other three IDX files from {source}")
+        raise DataError(
+            f"{variant} IDX folder {folder.resolve()} does not exist; it should hold "
+            f"train-images-idx3-ubyte[.gz] and the other three IDX files from {source}"
+        )
 
     train_images, train_labels = read_idx_pair(folder, "train", source)
     test_images, test_labels = read_idx_pair(folder, "t10k", source)
@@ -94,7 +108,7 @@ def read_idx(file: Path, expected_magic: int) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{file}: truncated IDX header")
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=header)
     if body.size != int(np.prod(dims)):
         raise DataError(f"{file}: header says dims {dims} ({int(np.prod(dims))} bytes of data), found {body.size}")

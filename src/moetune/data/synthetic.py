@@ -7,6 +7,7 @@ score, masked where click == 0, as MovieLens masks ratings of unwatched movies. 
 is the correlation between the two tasks' scores. The teacher's routing is kept in `truth`, so a
 trained gate's recovery of it can be measured.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,11 +18,24 @@ from moetune.data.base import MultiTaskData, Split, Task, split_indices
 from moetune.errors import ConfigError
 
 
-def load(n_samples: int = 20000, n_features: int = 16, n_ids: int = 200, n_teacher_experts: int = 4,
-         teacher_hidden: int = 32, noise: float = 0.3, relatedness: float = 0.5,
-         fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> MultiTaskData:
-    for key, value in (("n_samples", n_samples), ("n_features", n_features), ("n_ids", n_ids),
-                       ("n_teacher_experts", n_teacher_experts), ("teacher_hidden", teacher_hidden)):
+def load(
+    n_samples: int = 20000,
+    n_features: int = 16,
+    n_ids: int = 200,
+    n_teacher_experts: int = 4,
+    teacher_hidden: int = 32,
+    noise: float = 0.3,
+    relatedness: float = 0.5,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> MultiTaskData:
+    for key, value in (
+        ("n_samples", n_samples),
+        ("n_features", n_features),
+        ("n_ids", n_ids),
+        ("n_teacher_experts", n_teacher_experts),
+        ("teacher_hidden", teacher_hidden),
+    ):
         if value < 1:
             raise ConfigError(f"dataset.{key} must be positive (got {value})")
     if n_samples < 30:
@@ -63,9 +77,16 @@ def load(n_samples: int = 20000, n_features: int = 16, n_ids: int = 200, n_teach
     return MultiTaskData(
         name="synthetic",
         tasks=[Task("click", "binary"), Task("rating", "regression")],
-        train=full.index(train_idx), val=full.index(val_idx), test=full.index(test_idx),
-        id_cardinalities=[n_ids], n_routing_ids=n_ids,
-        truth={"id_to_expert": id_to_expert.tolist(),
-               **{f"{name}_expert": expert[idx].tolist() for name, idx in
-                  (("train", train_idx), ("val", val_idx), ("test", test_idx))}},
+        train=full.index(train_idx),
+        val=full.index(val_idx),
+        test=full.index(test_idx),
+        id_cardinalities=[n_ids],
+        n_routing_ids=n_ids,
+        truth={
+            "id_to_expert": id_to_expert.tolist(),
+            **{
+                f"{name}_expert": expert[idx].tolist()
+                for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
+            },
+        },
     )

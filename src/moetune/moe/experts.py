@@ -14,6 +14,7 @@ Performance (CPU; bench/bench_moe_layer.py measures it):
   gate-weighted rows back per task; its backward is hand-written too: no per-expert autograd graph,
   no cat/split copies, no full-size zero-filled weight gradient per expert.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,7 @@ class _SparseMLPMix(torch.autograd.Function):
         experts = [(e, bounds[e], bounds[e + 1]) for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
         h = x.index_select(0, sample_index)  # R x d_in, one gather for all experts
         saved = [h]
-        for w, b in zip(weights, biases):
+        for w, b in zip(weights, biases, strict=False):
             z = h.new_empty(h.shape[0], w.shape[2])
             for e, lo, hi in experts:
                 torch.addmm(b[e], h[lo:hi], w[e], out=z[lo:hi])
@@ -66,11 +67,16 @@ class _SparseMLPMix(torch.autograd.Function):
         weights, acts = rest[:n_layers], rest[n_layers:]  # acts[0]: gathered inputs, acts[l + 1]: layer l's output
         tasks = row_weights.shape[1]
         need_x, need_rw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_w = ctx.needs_input_grad[6:6 + n_layers]
-        need_b = ctx.needs_input_grad[6 + n_layers:]
+        need_w = ctx.needs_input_grad[6 : 6 + n_layers]
+        need_b = ctx.needs_input_grad[6 + n_layers :]
         n_used = len(experts) == weights[0].shape[0]
-        grad_w = [(torch.empty_like if n_used else torch.zeros_like)(w) if need else None for w, need in zip(weights, need_w)]
-        grad_b = [w.new_zeros(w.shape[0], w.shape[2]) if need else None for w, need in zip(weights, need_b)]
+        grad_w = [
+            (torch.empty_like if n_used else torch.zeros_like)(w) if need else None
+            for w, need in zip(weights, need_w, strict=False)
+        ]
+        grad_b = [
+            w.new_zeros(w.shape[0], w.shape[2]) if need else None for w, need in zip(weights, need_b, strict=False)
+        ]
         h = acts[-1]
         d_rows = grad_out.reshape(ctx.batch, -1).index_select(0, sample_index)  # R x (T * out)
         grad_rw = None
@@ -121,7 +127,7 @@ class _Mix(torch.autograd.Function):
             g_t = g.transpose(1, 2)  # B x n x T
             grad_h = g_t[:, :, :1] * grad_out[:, :1]
             for t in range(1, g.shape[1]):
-                grad_h.addcmul_(g_t[:, :, t:t + 1], grad_out[:, t:t + 1])
+                grad_h.addcmul_(g_t[:, :, t : t + 1], grad_out[:, t : t + 1])
         if ctx.needs_input_grad[1]:
             grad_g = torch.bmm(grad_out, h.transpose(1, 2))
         return grad_h, grad_g
@@ -153,11 +159,11 @@ class _BiasReluMix(torch.autograd.Function):
         out = z.new_empty(batch, g.shape[1], z.shape[1] // n)
         step = _chunk_rows(z)
         for lo in range(0, batch, step):
-            zc = z[lo:lo + step]
+            zc = z[lo : lo + step]
             zc.add_(bias).clamp_min_(0)
             if scale != 1.0:
                 zc.mul_(torch.empty_like(zc).bernoulli_(1.0 - p).mul_(scale))
-            torch.bmm(g[lo:lo + step], zc.view(zc.shape[0], n, -1), out=out[lo:lo + step])
+            torch.bmm(g[lo : lo + step], zc.view(zc.shape[0], n, -1), out=out[lo : lo + step])
         ctx.mark_dirty(z)
         ctx.save_for_backward(z, g)
         ctx.scale = scale
@@ -176,16 +182,16 @@ class _BiasReluMix(torch.autograd.Function):
         g_t = g.transpose(1, 2)  # B x n x T
         step = _chunk_rows(h)
         for lo in range(0, batch, step):
-            hc, dout, dzc = h[lo:lo + step], grad_out[lo:lo + step], grad_z[lo:lo + step]
+            hc, dout, dzc = h[lo : lo + step], grad_out[lo : lo + step], grad_z[lo : lo + step]
             h3 = hc.view(hc.shape[0], n, -1)
             if grad_g is not None:
-                torch.bmm(dout, h3.transpose(1, 2), out=grad_g[lo:lo + step])
+                torch.bmm(dout, h3.transpose(1, 2), out=grad_g[lo : lo + step])
             if g.shape[1] == 1:
-                dh = g_t[lo:lo + step] * dout  # rows x n x out
+                dh = g_t[lo : lo + step] * dout  # rows x n x out
             else:
-                dh = torch.bmm(g_t[lo:lo + step], dout)
+                dh = torch.bmm(g_t[lo : lo + step], dout)
             if grad_h is not None:  # h was also used outside the mixing
-                dh.add_(grad_h[lo:lo + step].view_as(dh))
+                dh.add_(grad_h[lo : lo + step].view_as(dh))
             # relu and dropout: dz = scale * dh where h > 0
             torch.ops.aten.threshold_backward.grad_input(dh, h3, 0, grad_input=dzc.view_as(h3))
             if ctx.scale != 1.0:
@@ -208,7 +214,7 @@ class MLPExperts(nn.Module):
         dims = [in_dim, *hidden]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for layer, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for layer, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=False)):
             bound = 1.0 / math.sqrt(d_in)
             w = torch.empty(n_experts, d_in, d_out).uniform_(-bound, bound)
             if layer == 0:
@@ -234,7 +240,7 @@ class MLPExperts(nn.Module):
         n = self.n_experts
         h = self._dropout(F.relu(torch.addmm(self.biases[0].view(-1), x, self.weights[0]), inplace=True))
         h = h.view(x.shape[0], n, -1).transpose(0, 1)  # n x B x d
-        for w, b in zip(self.weights[1:-1], self.biases[1:-1]):
+        for w, b in zip(self.weights[1:-1], self.biases[1:-1], strict=False):
             h = self._dropout(F.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
         return torch.bmm(h, self.weights[-1]).transpose(0, 1).reshape(x.shape[0], -1)
 
@@ -245,10 +251,14 @@ class MLPExperts(nn.Module):
 
     def dense_mix(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """B x d, mixing weights B x T x n -> B x T x out: the dense path with the epilogue fused."""
-        out, _ = _BiasReluMix.apply(self._last_preactivation(x), self.biases[-1].view(-1), g, self.dropout, self.training)
+        out, _ = _BiasReluMix.apply(
+            self._last_preactivation(x), self.biases[-1].view(-1), g, self.dropout, self.training
+        )
         return out
 
-    def sparse_mix(self, x: torch.Tensor, row_weights: torch.Tensor, sample_index: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    def sparse_mix(
+        self, x: torch.Tensor, row_weights: torch.Tensor, sample_index: torch.Tensor, bounds: list[int]
+    ) -> torch.Tensor:
         """Sparse path fused with the mixing: rows grouped by expert (see _SparseMLPMix) -> B x T x out."""
         params = [self.expert_weight(layer) for layer in range(len(self.weights))] + list(self.biases)
         return _SparseMLPMix.apply(x, row_weights, sample_index, bounds, self.dropout, self.training, *params)
@@ -264,7 +274,9 @@ class MLPExperts(nn.Module):
 class CNNExperts(nn.Module):
     """n small CNN experts on images (COMET supplement: conv5x5x10, pool, conv5x5x20, pool, Dense(50) x 2)."""
 
-    def __init__(self, n_experts: int, image_shape: tuple[int, int, int], hidden: list[int] | None = None, dropout: float = 0.0):
+    def __init__(
+        self, n_experts: int, image_shape: tuple[int, int, int], hidden: list[int] | None = None, dropout: float = 0.0
+    ):
         super().__init__()
         channels, height, width = image_shape
         hidden = hidden or [50, 50]
@@ -275,12 +287,19 @@ class CNNExperts(nn.Module):
     @staticmethod
     def _make(channels: int, height: int, width: int, hidden: list[int], dropout: float) -> nn.Sequential:
         pad = 2 if min(height, width) < 16 else 0  # tiny images (MultiDigits) keep their size through the convs
-        layers = [nn.Conv2d(channels, 10, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-                  nn.Conv2d(10, 20, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()]
+        layers = [
+            nn.Conv2d(channels, 10, 5, padding=pad),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(10, 20, 5, padding=pad),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        ]
         with torch.no_grad():
             flat = nn.Sequential(*layers)(torch.zeros(1, channels, height, width)).shape[1]
         dims = [flat, *hidden]
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=False):
             layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(dropout)]
         return nn.Sequential(*layers)
 
@@ -293,7 +312,7 @@ class CNNExperts(nn.Module):
 
 def _grouped(experts: nn.Module, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
     """Rows of x grouped by expert (expert e owns rows bounds[e]:bounds[e + 1]) -> R x out, via one()."""
-    pieces = [experts.one(e, x[bounds[e]:bounds[e + 1]]) for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
+    pieces = [experts.one(e, x[bounds[e] : bounds[e + 1]]) for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
     return torch.cat(pieces) if pieces else x.new_zeros(0, experts.out_dim)
 
 

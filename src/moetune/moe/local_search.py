@@ -2,9 +2,11 @@
 
 During the first E_perm epochs P = Sinkhorn((L + noise * Gumbel) / tau) in log space, with tau annealed
 log-linearly 1e-3 -> 1e-7 and the Sinkhorn iterations linearly 20 -> 150 over the phase, plus an
-entropy penalty zeta * (H(P) + H(row-normalized P)), summed over the entries as in the authors' code. Then P is hardened by the Hungarian algorithm (maximising sum L_ij P_ij) and frozen. Evaluation always
+entropy penalty zeta * (H(P) + H(row-normalized P)), summed over the entries as in the authors' code.
+Then P is hardened by the Hungarian algorithm (maximising sum L_ij P_ij) and frozen. Evaluation always
 uses the hard permutation. Gates are untouched: g' = normalize(g P).
 """
+
 from __future__ import annotations
 
 import math

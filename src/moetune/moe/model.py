@@ -1,4 +1,5 @@
 """MMoE for T tasks: a shared bottom, n experts, one gate per task (plus optional local search), one head per task."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def _mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
 
 @dataclass
 class ModelOutput:
-    outputs: list[torch.Tensor]      # per task: B x out_dim
+    outputs: list[torch.Tensor]  # per task: B x out_dim
     gate_weights: list[torch.Tensor]  # per task: B x n, after the permutation
     aux_loss: torch.Tensor
 
@@ -70,7 +71,9 @@ class MMoE(nn.Module):
         self.bottom = SharedBottom(data, cfg)
         if cfg.expert_type == "cnn":
             if self.bottom.image_shape is None:
-                raise ConfigError(f"model.expert_type=cnn needs image inputs; dataset {data.name!r} has none (use expert_type=mlp)")
+                raise ConfigError(
+                    f"model.expert_type=cnn needs image inputs; dataset {data.name!r} has none (use expert_type=mlp)"
+                )
             self.experts = CNNExperts(cfg.n_experts, self.bottom.image_shape, cfg.expert_hidden, cfg.expert_dropout)
         else:
             self.experts = MLPExperts(cfg.n_experts, self.bottom.out_dim, cfg.expert_hidden, cfg.expert_dropout)
@@ -84,7 +87,9 @@ class MMoE(nn.Module):
         if local_search.enabled and local_search.mixing == "uniform":
             self.local_search = UniformMixingWarmup(cfg.n_experts, local_search.e_perm)
         elif local_search.enabled:
-            self.local_search = PermutationLocalSearch(cfg.n_experts, local_search.e_perm, local_search.zeta, local_search.noise)
+            self.local_search = PermutationLocalSearch(
+                cfg.n_experts, local_search.e_perm, local_search.zeta, local_search.noise
+            )
         self.heads = nn.ModuleList(_mlp(self.experts.out_dim, cfg.head_hidden, task.out_dim) for task in data.tasks)
 
     def use_sparse_compute(self, weights: list[torch.Tensor]) -> bool:
@@ -110,4 +115,4 @@ class MMoE(nn.Module):
             aux = aux + penalty
         expert_input = inputs["image"] if self.cfg.expert_type == "cnn" else features
         mixed = mix(self.experts, expert_input, weights, self.use_sparse_compute(weights))
-        return ModelOutput([head(h) for head, h in zip(self.heads, mixed)], weights, aux)
+        return ModelOutput([head(h) for head, h in zip(self.heads, mixed, strict=False)], weights, aux)

@@ -76,7 +76,9 @@ class Tracking(abc.ABC):
     def check(self) -> None: ...
 
     @abc.abstractmethod
-    def open_study(self, study_key: str, tags: dict[str, str], search_space: dict[str, str], config_yaml: str) -> StudyRecord:
+    def open_study(
+        self, study_key: str, tags: dict[str, str], search_space: dict[str, str], config_yaml: str
+    ) -> StudyRecord:
         """The study's record, found again by its key when a sweep resumes."""
 
     @abc.abstractmethod

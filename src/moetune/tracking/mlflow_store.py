@@ -62,9 +62,7 @@ def git_commit() -> str:
 
 
 class MlflowTracking(Tracking):
-    def __init__(
-        self, uri: str, artifact_root: str = "mlruns/artifacts", experiment: str = "moetune"
-    ) -> None:
+    def __init__(self, uri: str, artifact_root: str = "mlruns/artifacts", experiment: str = "moetune") -> None:
         self.uri, self.artifact_root, self.experiment = uri, artifact_root, experiment
         self._client: MlflowClient | None = None
 
@@ -88,7 +86,9 @@ class MlflowTracking(Tracking):
             if must_exist and not db.is_file():
                 raise ConfigError(f"no MLflow store at {db} (tracking URI {uri}); pass --tracking-uri")
             if not db.parent.is_dir():
-                raise ConfigError(f"tracking.uri {uri!r}: folder {db.parent} does not exist; create it or set tracking.uri")
+                raise ConfigError(
+                    f"tracking.uri {uri!r}: folder {db.parent} does not exist; create it or set tracking.uri"
+                )
         elif parsed.scheme in ("http", "https"):
             try:
                 urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
@@ -104,7 +104,9 @@ class MlflowTracking(Tracking):
 
     # ------------------------------------------------------------ writing
 
-    def open_study(self, study_key: str, tags: dict[str, str], search_space: dict[str, str], config_yaml: str) -> StudyRecord:
+    def open_study(
+        self, study_key: str, tags: dict[str, str], search_space: dict[str, str], config_yaml: str
+    ) -> StudyRecord:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             location = (Path(self.artifact_root).resolve() / self.experiment).as_uri()
@@ -203,6 +205,8 @@ class MlflowStudyRecord(StudyRecord):
         self.child_index: dict[str, int] = {}
         for run in self._search(f"tags.`{T.PARENT_RUN_ID}` = '{self.parent_id}'"):
             trial_id = run.data.tags.get(T.TRIAL_ID)
+            if trial_id is None:
+                continue  # not a trial of this study (no tuner id)
             self.children[trial_id] = run.info.run_id
             self.child_status[trial_id] = run.info.status
             self.child_index[trial_id] = int(run.data.tags.get(T.TRIAL_INDEX, len(self.child_index)))
@@ -285,7 +289,9 @@ class MlflowStudyRecord(StudyRecord):
             assert final is not None
             now = int(time.time() * 1000)
             diagnostics = final.diagnostics
-            tags = [RunTag(T.PERMUTATION, json.dumps(diagnostics["permutation"]))] if "permutation" in diagnostics else []
+            tags = (
+                [RunTag(T.PERMUTATION, json.dumps(diagnostics["permutation"]))] if "permutation" in diagnostics else []
+            )
             if T.INIT_DIGEST in diagnostics:
                 tags.append(RunTag(T.INIT_DIGEST, diagnostics[T.INIT_DIGEST]))
             metrics = [Metric(k, float(v), now, 0) for k, v in final.metrics.items()]

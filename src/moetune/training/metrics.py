@@ -1,5 +1,6 @@
 """Evaluation metrics in numpy/scipy: trial workers import these instead of scikit-learn, which would
 add seconds to every worker's start."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,12 +1,13 @@
 """Training with Adam, early stopping on validation loss, best weights restored, per-task metrics."""
+
 from __future__ import annotations
 
 import copy
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -80,10 +81,12 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-def task_losses(tasks: list[Task], outputs: list[torch.Tensor], targets: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def task_losses(
+    tasks: list[Task], outputs: list[torch.Tensor], targets: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
     """Per-task mean loss over the samples where the task's target is present (T,)."""
     losses = []
-    for t, (task, out) in enumerate(zip(tasks, outputs)):
+    for t, (task, out) in enumerate(zip(tasks, outputs, strict=False)):
         # a missing target may hold anything (NaN too); zero it so its skipped loss stays finite
         y, m = targets[:, t].masked_fill(~masks[:, t], 0.0), masks[:, t].to(out.dtype)
         per = LOSSES[TASK_KINDS[task.kind].loss](out, y)
@@ -94,8 +97,14 @@ def task_losses(tasks: list[Task], outputs: list[torch.Tensor], targets: torch.T
 class Trainer:
     """Fits one MMoE on one dataset. on_epoch(epoch, metrics) is called after each epoch (e.g. to report to Tune)."""
 
-    def __init__(self, data: MultiTaskData, model_cfg: ModelConfig, gate_cfg: GateConfig,
-                 ls_cfg: LocalSearchConfig, train_cfg: TrainConfig):
+    def __init__(
+        self,
+        data: MultiTaskData,
+        model_cfg: ModelConfig,
+        gate_cfg: GateConfig,
+        ls_cfg: LocalSearchConfig,
+        train_cfg: TrainConfig,
+    ):
         # the config was checked once, on the driver (moetune.config); a trial does not check it again
         self.data = data
         self.cfg = train_cfg
@@ -127,7 +136,7 @@ class Trainer:
             for b in range(n_batches):
                 if ls is not None and not ls.frozen:
                     ls.progress = ((epoch - 1) * n_batches + b) / max(1, self.ls_cfg.e_perm * n_batches - 1)
-                batch = train.index(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+                batch = train.index(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
                 out = model(batch.inputs, batch.routing_ids)
                 losses = task_losses(self.data.tasks, out.outputs, batch.targets, batch.masks)
                 loss = (self.task_weights * losses).sum() + out.aux_loss
@@ -138,7 +147,7 @@ class Trainer:
             if ls is not None and not ls.frozen and epoch >= self.ls_cfg.e_perm:
                 ls.freeze()
             train_losses = (loss_sum / n_batches).tolist()
-            bad = [task.name for task, v in zip(self.data.tasks, train_losses) if not math.isfinite(v)]
+            bad = [task.name for task, v in zip(self.data.tasks, train_losses, strict=False) if not math.isfinite(v)]
             if bad:
                 raise TrainingDivergedError(epoch, f"non-finite training loss for task(s) {bad} (lower train.lr?)")
             metrics = {contract.TRAIN_LOSS: float((self.task_weights.cpu() * torch.tensor(train_losses)).sum())}
@@ -157,8 +166,12 @@ class Trainer:
                     break
         model.load_state_dict(best_state)
         result = TrainResult(
-            best_epoch=best_epoch, epochs_run=len(history), history=history,
-            val=self.evaluate("val"), test=self.evaluate("test"), diagnostics=self.diagnostics("test"),
+            best_epoch=best_epoch,
+            epochs_run=len(history),
+            history=history,
+            val=self.evaluate("val"),
+            test=self.evaluate("test"),
+            diagnostics=self.diagnostics("test"),
         )
         result.wall_seconds = time.perf_counter() - start_wall
         result.cpu_seconds = time.process_time() - start_cpu
@@ -171,11 +184,13 @@ class Trainer:
         split = self.splits[split_name]
         outs, gates = [], []
         for start in range(0, len(split), self.cfg.eval_batch_size):
-            part = split.index(torch.arange(start, min(start + self.cfg.eval_batch_size, len(split)), device=self.device))
+            part = split.index(
+                torch.arange(start, min(start + self.cfg.eval_batch_size, len(split)), device=self.device)
+            )
             out = self.model(part.inputs, part.routing_ids)
             outs.append(out.outputs)
             gates.append(out.gate_weights)
-        return [torch.cat(o) for o in zip(*outs)], [torch.cat(g) for g in zip(*gates)]
+        return [torch.cat(o) for o in zip(*outs, strict=False)], [torch.cat(g) for g in zip(*gates, strict=False)]
 
     def evaluate(self, split_name: str) -> dict[str, float]:
         """{split}_loss (task-weighted, no regularizers) and {split}_{task}_{auc|mse|accuracy}."""
@@ -183,7 +198,7 @@ class Trainer:
         outputs, _ = self.predict(split_name)
         losses = task_losses(self.data.tasks, outputs, split.targets, split.masks)
         metrics = {f"{split_name}_loss": float((self.task_weights * losses).sum())}
-        for t, (task, out) in enumerate(zip(self.data.tasks, outputs)):
+        for t, (task, out) in enumerate(zip(self.data.tasks, outputs, strict=False)):
             mask = split.masks[:, t]
             y, pred = split.targets[mask, t].cpu().numpy(), out[mask].float().cpu().numpy()
             metric = TASK_KINDS[task.kind].metric

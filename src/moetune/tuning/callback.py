@@ -44,7 +44,9 @@ class StudyRecorder:
         final = parse_report(last_result) if outcome is Outcome.FINISHED else None
         self.record.end_trial(trial_id, outcome, final if isinstance(final, FinalReport) else None, error)
         value = final.metrics.get("best_" + self.metric) if isinstance(final, FinalReport) else None
-        if value is not None and (self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
+        if value is not None and (
+            self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        ):
             self.best = value
         self.print_progress(force=True)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from moetune.config import StudyConfig, TrainConfig
+from moetune.config import GateConfig, StudyConfig, TrainConfig
 from moetune.errors import ConfigError
 from moetune.moe.gates import gate_class
 
@@ -37,7 +37,9 @@ def to_distribution(name: str, spec: Any) -> optuna.distributions.BaseDistributi
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"search_space {name}: {kind} needs 'low' and 'high'")
     low, high = spec["low"], spec["high"]
-    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and math.isfinite(low) and math.isfinite(high)):
+    if not (
+        isinstance(low, (int, float)) and isinstance(high, (int, float)) and math.isfinite(low) and math.isfinite(high)
+    ):
         raise ConfigError(f"search_space {name}: low and high must be numbers (got {low!r}, {high!r})")
     if low >= high:
         raise ConfigError(f"search_space {name}: empty or inverted range low={low} >= high={high}; make low < high")
@@ -74,18 +76,29 @@ def build_search_space(space: dict, gate_name: str, local_search_on: bool) -> Sp
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, spec in (space.get("train") or {}).items():
         if key in STUDY_SETTINGS:
-            hint = (" sweep it instead, e.g. -m 'train.task_weights=[0.1,0.9],[0.9,0.1]' (selection would compare "
-                    "validation losses of different scales)" if key == "task_weights" else "")
-            raise ConfigError(f"search_space train.{key}: a study setting, not a hyperparameter; remove it from the "
-                              f"search space{';' + hint if hint else ''}")
+            hint = (
+                " sweep it instead, e.g. -m 'train.task_weights=[0.1,0.9],[0.9,0.1]' (selection would compare "
+                "validation losses of different scales)"
+                if key == "task_weights"
+                else ""
+            )
+            raise ConfigError(
+                f"search_space train.{key}: a study setting, not a hyperparameter; remove it from the "
+                f"search space{';' + hint if hint else ''}"
+            )
         if key not in train_keys:
-            raise ConfigError(f"search_space train.{key}: not a train setting; choose from {sorted(train_keys - STUDY_SETTINGS)}")
+            raise ConfigError(
+                f"search_space train.{key}: not a train setting; choose from {sorted(train_keys - STUDY_SETTINGS)}"
+            )
         out[f"train.{key}"] = to_distribution(f"train.{key}", spec)
     gate_params = _gate_params(gate_name)
     fixed = fixed_gate_params(space, gate_name, local_search_on)
     for key, spec in ((space.get("gate") or {}).get(gate_name) or {}).items():
         if key not in gate_params:
-            raise ConfigError(f"search_space gate.{gate_name}.{key}: gate {gate_name!r} has no such parameter; it takes {sorted(gate_params)}")
+            raise ConfigError(
+                f"search_space gate.{gate_name}.{key}: gate {gate_name!r} "
+                f"has no such parameter; it takes {sorted(gate_params)}"
+            )
         if key not in fixed:
             out[f"gate.{key}"] = to_distribution(f"gate.{gate_name}.{key}", spec)
     if local_search_on:
@@ -95,26 +108,35 @@ def build_search_space(space: dict, gate_name: str, local_search_on: bool) -> Sp
                 raise ConfigError(f"search_space local_search.{key}: choose from {list(LOCAL_SEARCH_KEYS)}")
             out[f"local_search.{key}"] = to_distribution(f"local_search.{key}", spec)
         if "e_perm" in entries and "e_perm_fraction" in entries:
-            raise ConfigError("search_space local_search: search e_perm (epochs, the supplement) or e_perm_fraction "
-                              "(of train.max_epochs, the authors' code), not both")
+            raise ConfigError(
+                "search_space local_search: search e_perm (epochs, the supplement) or e_perm_fraction "
+                "(of train.max_epochs, the authors' code), not both"
+            )
     return out
 
 
 def _drop_nulls(space: dict) -> dict:
     """An entry set to null is not searched (how a preset removes an entry its base search space has)."""
+
     def clean(section):
         return {k: v for k, v in (section or {}).items() if v is not None}
-    return {"train": clean(space.get("train")), "local_search": clean(space.get("local_search")),
-            "gate": {g: clean(entries) for g, entries in (space.get("gate") or {}).items()},
-            "fixed_with_local_search": space.get("fixed_with_local_search") or {}}
+
+    return {
+        "train": clean(space.get("train")),
+        "local_search": clean(space.get("local_search")),
+        "gate": {g: clean(entries) for g, entries in (space.get("gate") or {}).items()},
+        "fixed_with_local_search": space.get("fixed_with_local_search") or {},
+    }
 
 
 def fixed_gate_params(space: dict, gate_name: str, local_search_on: bool) -> dict[str, Any]:
     """Gate parameters the search space fixes when local search is on: {"gamma": 10.0} for COMET+."""
-    fixed = dict(((space.get("fixed_with_local_search") or {}).get(gate_name) or {}))
+    fixed = dict((space.get("fixed_with_local_search") or {}).get(gate_name) or {})
     unknown = sorted(set(fixed) - _gate_params(gate_name))
     if unknown:
-        raise ConfigError(f"search_space fixed_with_local_search.{gate_name}: gate {gate_name!r} has no parameter(s) {unknown}")
+        raise ConfigError(
+            f"search_space fixed_with_local_search.{gate_name}: gate {gate_name!r} has no parameter(s) {unknown}"
+        )
     for key, value in fixed.items():
         if isinstance(value, (dict, list)):
             raise ConfigError(f"search_space fixed_with_local_search.{gate_name}.{key}: give one value (got {value!r})")
@@ -128,10 +150,20 @@ def with_fixed_gate_params(config: StudyConfig) -> StudyConfig:
     return dataclasses.replace(config, gate=gate)
 
 
+def with_gate_entries(space: dict, gate: GateConfig) -> dict:
+    """The search space with the gate's own entries (conf/gate/<name>.yaml, ``search``) under
+    ``gate.<name>``; the search space's entries for that gate win, key by key."""
+    if not gate.search:
+        return space
+    gates = dict(space.get("gate") or {})
+    gates[gate.name] = {**gate.search, **(gates.get(gate.name) or {})}
+    return {**space, "gate": gates}
+
+
 def study_space(config: StudyConfig) -> Space:
     """The study's distributions, with the checks that tie the space to the config (E_perm vs epochs)."""
     ls, train = config.local_search, config.train
-    space = build_search_space(config.search_space, config.gate.name, ls.enabled)
+    space = build_search_space(with_gate_entries(config.search_space, config.gate), config.gate.name, ls.enabled)
     if ls.enabled and "local_search.e_perm" in space:
         high = space["local_search.e_perm"].high
         if high > train.max_epochs:

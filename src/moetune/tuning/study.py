@@ -73,7 +73,8 @@ def run_study(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
     storage = (sweep_dir / "ray").resolve()
     experiment_path = storage / key
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=config), {"cpu": tuner_cfg.cpus_per_trial, "gpu": tuner_cfg.gpus_per_trial}
+        tune.with_parameters(run_trial, study=config),
+        {"cpu": tuner_cfg.cpus_per_trial, "gpu": tuner_cfg.gpus_per_trial},
     )
     complete = False
     with recording(recorder) as callback:

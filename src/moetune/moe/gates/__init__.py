@@ -1,4 +1,5 @@
 """Gates by name: the module moetune.moe.gates.<name> defines GATE, a Gate subclass."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """The interface every gate implements, and the smooth-step that DSelect-k and COMET share."""
+
 from __future__ import annotations
 
 import abc
@@ -47,7 +48,9 @@ def smooth_step(t: torch.Tensor, gamma: float) -> torch.Tensor:
 def safe_log(p: torch.Tensor) -> torch.Tensor:
     """log p with -inf where p == 0 and no NaN gradients from the masked entries."""
     positive = p > 0
-    return torch.where(positive, torch.log(torch.where(positive, p, torch.ones_like(p))), torch.full_like(p, float("-inf")))
+    return torch.where(
+        positive, torch.log(torch.where(positive, p, torch.ones_like(p))), torch.full_like(p, float("-inf"))
+    )
 
 
 def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:

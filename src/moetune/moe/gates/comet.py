@@ -9,6 +9,7 @@ Initialization and regularizer as in the authors' code: node weights and biases 
 (every node starts near 1/2), leaf scores U(-0.05, 0.05); the entropy of each tree's leaf distribution is
 summed over the k trees and averaged over the batch, times lambda (entropy_weight).
 """
+
 import math
 
 import torch
@@ -40,7 +41,7 @@ class CometGate(Gate):
         go_left = smooth_step(self.node_logits(x).view(-1, self.k, self.n_leaves - 1), self.gamma)
         probs = x.new_ones(x.shape[0], self.k, 1)
         for level in range(self.depth):
-            p = go_left[:, :, 2**level - 1: 2 ** (level + 1) - 1]
+            p = go_left[:, :, 2**level - 1 : 2 ** (level + 1) - 1]
             probs = torch.stack([probs * p, probs * (1 - p)], dim=-1).flatten(-2)
         return probs
 

@@ -4,6 +4,7 @@ Initialization and regularizer as in the authors' code: selector weights and bia
 (inside the smooth-step band, so gradients flow), mixing logits U(-0.05, 0.05); the selectors' entropies
 are summed over the k selectors and averaged over the batch, times entropy_weight.
 """
+
 import math
 
 import torch

@@ -1,4 +1,5 @@
 """Hash routing (Roller et al. 2021): each routing id is pre-allocated at random, seeded, to one expert."""
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +14,10 @@ class HashGate(Gate):
         if k != 1:
             raise ConfigError(f"hash gate routes each id to exactly one expert: set gate.k=1 (got k={k})")
         if n_routing_ids < 1:
-            raise ConfigError("hash gate needs routing ids, but the dataset provides none; use a dataset with routing ids (e.g. movielens) or another gate")
+            raise ConfigError(
+                "hash gate needs routing ids, but the dataset provides none; "
+                "use a dataset with routing ids (e.g. movielens) or another gate"
+            )
         super().__init__(in_dim, n_experts, 1)
         generator = torch.Generator().manual_seed(hash_seed)
         self.register_buffer("table", torch.randint(0, n_experts, (n_routing_ids,), generator=generator))

@@ -1,4 +1,5 @@
 """Dense softmax gate: the MMoE baseline, every expert active."""
+
 import torch
 from torch import nn
 

@@ -1,4 +1,5 @@
 """Top-k gate (Shazeer et al. 2017): softmax over the k largest logits, optional noisy gating."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
