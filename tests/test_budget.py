@@ -1,11 +1,12 @@
 """Budget-vs-quality curves: exact estimators against brute force, and constructed cases."""
+
 import time
 
 import numpy as np
 import pytest
 
-from moetune import budget as B
 from moetune.errors import ConfigError
+from moetune.report import budget as B
 
 
 def monte_carlo(val, test, n, *, failed=None, replacement=True, higher=False, sims=200_000, seed=1):
@@ -65,8 +66,9 @@ def test_failed_trials_match_monte_carlo(tied_data, replacement, n):
     failed[[0, 3, 7]] = True
     test = test.copy()
     test[failed] = -1e6  # must never be picked
-    value, p_none = B.expected_best_curve(val, test, failed=failed, replacement=replacement, budgets=[n],
-                                          return_p_no_model=True)
+    value, p_none = B.expected_best_curve(
+        val, test, failed=failed, replacement=replacement, budgets=[n], return_p_no_model=True
+    )
     mc, se, none = monte_carlo(val, test, n, failed=failed, replacement=replacement, sims=100_000)
     assert abs(value[0] - mc) < max(4.5 * se, 1e-9)
     if replacement:
@@ -169,8 +171,16 @@ def test_budget_needed_directions():
 def _curve(values):
     values = np.asarray(values, float)
     b = np.arange(1, values.size + 1)
-    return B.Curve(budgets=b, value=values, low=values, high=values, compute_seconds=b * 1.0,
-                   p_no_model=np.zeros_like(values), estimator="running_best", n_trials=values.size)
+    return B.Curve(
+        budgets=b,
+        value=values,
+        low=values,
+        high=values,
+        compute_seconds=b * 1.0,
+        p_no_model=np.zeros_like(values),
+        estimator="running_best",
+        n_trials=values.size,
+    )
 
 
 def test_reduction_factor_constructed_curves():
@@ -270,7 +280,10 @@ def test_reduction_factors_censored_and_curves():
     reds = B.reduction_factors(on, off)
     assert [r.at for r in reds] == [1, 2, 5]  # 10 > N_on = 6
     assert [(r.n_on, r.n_off, r.factor, r.censored) for r in reds] == [
-        (1, 3, 3.0, False), (2, 5, 2.5, False), (5, None, None, True)]
+        (1, 3, 3.0, False),
+        (2, 5, 2.5, False),
+        (5, None, None, True),
+    ]
     assert reds[2].lower_bound == 1.0 and str(reds[2]) == "> 1x (censored)"
     assert all(np.isnan(r.low) and np.isnan(r.high) for r in reds)  # Curves: no interval
     # from trials: on scores 2.0 at every n; off reaches 2.0 at n = 2 only with its best trials

@@ -1,4 +1,5 @@
-"""moetune-export against a real MLflow sqlite store laid out as schema.py says."""
+"""The report (``moetune export``) against a real MLflow sqlite store laid out as moetune.tracking.tags says."""
+
 import csv
 import subprocess
 import sys
@@ -9,8 +10,12 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from moetune import budget, export, schema
+from moetune import contract
+from moetune.cli.main import main as moetune_main
 from moetune.errors import ConfigError
+from moetune.report import analysis, budget, export, figures, sweep, tables
+from moetune.tracking import tags
+from moetune.tracking.mlflow_store import MlflowTracking
 
 SWEEP = "sweep-a"
 N_RANDOM, N_TPE = 8, 5
@@ -20,21 +25,35 @@ RESAMPLES = 200
 def _make_study(client, exp_id, *, gate, ls, sampler, seed, trials, dataset="synthetic", weights=None):
     """trials: list of dicts (metrics) in trial-index order; a dict with "failed" makes a FAILED run."""
     key = f"{gate}/{ls}/{dataset}/{sampler}/{seed}" + (f"/{weights}" if weights else "")
-    tags = {schema.ROLE: schema.STUDY, schema.GATE: gate, schema.LOCAL_SEARCH: ls, schema.DATASET: dataset,
-            schema.SAMPLER: sampler, schema.SEED: str(seed), schema.STUDY_KEY: key, schema.SWEEP: SWEEP,
-            schema.HEADLINE_METRIC: "test_loss"}
+    study_tags = {
+        tags.ROLE: tags.STUDY,
+        tags.GATE: gate,
+        tags.LOCAL_SEARCH: ls,
+        tags.DATASET: dataset,
+        tags.SAMPLER: sampler,
+        tags.SEED: str(seed),
+        tags.STUDY_KEY: key,
+        tags.SWEEP: SWEEP,
+        tags.HEADLINE_METRIC: "test_loss",
+    }
     if weights:
-        tags[schema.TASK_WEIGHTS] = weights
-    parent = client.create_run(exp_id, run_name=key, tags=tags)
+        study_tags[tags.TASK_WEIGHTS] = weights
+    parent = client.create_run(exp_id, run_name=key, tags=study_tags)
     pid = parent.info.run_id
     # create children in reverse order: the exporter must order them by TRIAL_INDEX, not by creation
     for i in reversed(range(len(trials))):
         m = dict(trials[i])
         failed = m.pop("failed", False)
         killed = m.pop("killed", False)
-        child = client.create_run(exp_id, tags={
-            schema.ROLE: schema.TRIAL, "mlflow.parentRunId": pid, schema.TRIAL_INDEX: str(i),
-            schema.TRIAL_ID: f"{key}/{i}"})
+        child = client.create_run(
+            exp_id,
+            tags={
+                tags.ROLE: tags.TRIAL,
+                "mlflow.parentRunId": pid,
+                tags.TRIAL_INDEX: str(i),
+                tags.TRIAL_ID: f"{key}/{i}",
+            },
+        )
         now = int(time.time() * 1000)
         client.log_batch(child.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in m.items()])
         client.set_terminated(child.info.run_id, "KILLED" if killed else "FAILED" if failed else "FINISHED")
@@ -46,11 +65,17 @@ def _random_trials(rng, n, shift, failed_at=None):
     for i in range(n):
         val = rng.uniform(0.3, 0.6) - shift
         if i == failed_at:
-            out.append({"failed": True, schema.VAL_LOSS: 9.9, schema.WALL_SECONDS: 50.0})
+            out.append({"failed": True, contract.VAL_LOSS: 9.9, contract.WALL_SECONDS: 50.0})
             continue
-        out.append({"best_val_loss": val, "test_loss": val + rng.normal(0, 0.02),
-                    "best_val_watch_auc": 1 - val, "test_watch_auc": 1 - val + rng.normal(0, 0.02),
-                    schema.WALL_SECONDS: rng.uniform(5, 15)})
+        out.append(
+            {
+                "best_val_loss": val,
+                "test_loss": val + rng.normal(0, 0.02),
+                "best_val_watch_auc": 1 - val,
+                "test_watch_auc": 1 - val + rng.normal(0, 0.02),
+                contract.WALL_SECONDS: rng.uniform(5, 15),
+            }
+        )
     return out
 
 
@@ -69,7 +94,7 @@ def store(tmp_path_factory):
             draws = np.random.default_rng(1) if ls == "warmup" else rng  # keeps the other studies' draws
             trials = _random_trials(draws, N_RANDOM, shift, failed_at=3 if (gate, ls) == ("topk", "off") else None)
             # an interrupted trial (KILLED) is left out: not a failure, a re-run redoes it
-            killed = [{"killed": True, schema.WALL_SECONDS: 1.0}] if (gate, ls) == ("comet", "on") else []
+            killed = [{"killed": True, contract.WALL_SECONDS: 1.0}] if (gate, ls) == ("comet", "on") else []
             _make_study(client, exp_id, gate=gate, ls=ls, sampler="random", seed=0, trials=trials + killed)
             data[(gate, ls, "random")] = [trials]
     for ls, shift in (("on", 0.1), ("off", 0.0)):
@@ -79,19 +104,30 @@ def store(tmp_path_factory):
         data[("hash", ls, "tpe")] = seeds
     # a second sweep with a study that has only one finished trial
     bad = client.create_experiment("sweep-bad", artifact_location=(root / "artifacts-bad").as_uri())
-    _make_study(client, bad, gate="topk", ls="on", sampler="random", seed=0,
-                trials=[{"best_val_loss": 0.4, "test_loss": 0.41, schema.WALL_SECONDS: 1.0},
-                        {"failed": True, schema.WALL_SECONDS: 1.0}])
+    _make_study(
+        client,
+        bad,
+        gate="topk",
+        ls="on",
+        sampler="random",
+        seed=0,
+        trials=[
+            {"best_val_loss": 0.4, "test_loss": 0.41, contract.WALL_SECONDS: 1.0},
+            {"failed": True, contract.WALL_SECONDS: 1.0},
+        ],
+    )
     return uri, root, data
 
 
 def _trials(metrics_list, metric):
     nan = float("nan")
     ok = [not m.get("failed", False) for m in metrics_list]
-    return budget.Trials(val=[m["best_val_loss"] if f else nan for m, f in zip(metrics_list, ok)],
-                         test=[m[metric] if f else nan for m, f in zip(metrics_list, ok)],
-                         failed=[not f for f in ok],
-                         seconds=[m[schema.WALL_SECONDS] for m in metrics_list])
+    return budget.Trials(
+        val=[m["best_val_loss"] if f else nan for m, f in zip(metrics_list, ok, strict=True)],
+        test=[m[metric] if f else nan for m, f in zip(metrics_list, ok, strict=True)],
+        failed=[not f for f in ok],
+        seconds=[m[contract.WALL_SECONDS] for m in metrics_list],
+    )
 
 
 def _read_csv(path):
@@ -110,8 +146,11 @@ def exported(store, tmp_path_factory):
 def test_files_written(exported):
     files, out = exported
     expected = {"curves.csv", "reductions.csv", "top_trials.csv", "summary.md", "budget_curves.html"} | {
-        f"budget_{m}{x}.{ext}" for m in ("test_loss", "test_watch_auc") for x in ("", "_compute")
-        for ext in ("png", "svg")}
+        f"budget_{m}{x}.{ext}"
+        for m in ("test_loss", "test_watch_auc")
+        for x in ("", "_compute")
+        for ext in ("png", "svg")
+    }
     assert set(files) == expected
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temp folder left behind
     png = files["budget_test_loss.png"].read_bytes()
@@ -135,7 +174,7 @@ def test_csv_matches_budget_module(exported, store):
     files, _ = exported
     _, _, data = store
     rows = _read_csv(files["curves.csv"])
-    assert list(rows[0].keys()) == export.CSV_COLUMNS
+    assert list(rows[0].keys()) == tables.CSV_COLUMNS
     # 2 metrics x (5 random curves of 8 budgets + 2 tpe curves of 5 budgets)
     assert len(rows) == 2 * (5 * N_RANDOM + 2 * N_TPE)
     for metric in ("test_loss", "test_watch_auc"):
@@ -146,13 +185,15 @@ def test_csv_matches_budget_module(exported, store):
                 assert {r["estimator"] for r in got} == {"expected_max_with_replacement"}
                 assert got[0]["study"] == f"{gate}/{ls}/synthetic/random/0"
                 t = _trials(data[(gate, ls, "random")][0], metric)
-                want = budget.budget_curve(t.val, t.test, failed=t.failed, seconds=t.seconds,
-                                           resamples=RESAMPLES, seed=0)
+                want = budget.budget_curve(
+                    t.val, t.test, failed=t.failed, seconds=t.seconds, resamples=RESAMPLES, seed=0
+                )
                 np.testing.assert_allclose([float(r["value"]) for r in got], want.value, rtol=1e-12)
                 np.testing.assert_allclose([float(r["low"]) for r in got], want.low, rtol=1e-12)
                 np.testing.assert_allclose([float(r["high"]) for r in got], want.high, rtol=1e-12)
-                np.testing.assert_allclose([float(r["compute_seconds"]) for r in got],
-                                           np.arange(1, N_RANDOM + 1) * np.mean(t.seconds))
+                np.testing.assert_allclose(
+                    [float(r["compute_seconds"]) for r in got], np.arange(1, N_RANDOM + 1) * np.mean(t.seconds)
+                )
                 assert got[0]["higher_is_better"] == str(metric.endswith("auc"))
         tpe = [r for r in rows if (r["metric"], r["gate"], r["local_search"]) == (metric, "hash", "on")]
         assert {r["estimator"] for r in tpe} == {"running_best"} and tpe[0]["n_studies"] == "2"
@@ -188,25 +229,28 @@ def test_summary(exported, store):
     assert cells[5] == "—" and cells[6] == "—"  # n = 10, 100 > N = 8
     rows = _reduction_rows(text, "test_loss", "Top-k")
     assert [r[0] for r in rows] == ["n = 1", "n = 2", "n = 5"]  # n = 10 > N = 8
-    for row, n in zip(rows, (1, 2, 5)):
+    for row, n in zip(rows, (1, 2, 5), strict=True):
         red = budget.reduction_factor(t_on, t_off, at=n, resamples=RESAMPLES, seed=0)
         assert row[1] == f"{red.q:.4g}" and row[2] == str(red.n_on)
         if red.censored:
             assert row[3] == f"> {N_RANDOM}" and row[4].startswith(f"> {red.lower_bound:.3g}x (censored")
         else:
             assert row[3] == str(red.n_off)
-            assert row[4].startswith(f"{red.factor:.3g}x [90% interval {budget._fmt_bound(red.low)}, "
-                                     f"{budget._fmt_bound(red.high)}")
+            assert row[4].startswith(
+                f"{red.factor:.3g}x [90% interval {budget._fmt_bound(red.low)}, {budget._fmt_bound(red.high)}"
+            )
             assert row[4].endswith("; censored above]" if np.isinf(red.high) else "]")
     t_warm = _trials(data[("topk", "warmup", "random")][0], "test_loss")
     warm_rows = _reduction_rows(text, "test_loss", "Top-k", arm="uniform warm-up (control)")
     assert [r[0] for r in warm_rows] == ["n = 1", "n = 2", "n = 5"]
-    for row, n in zip(warm_rows, (1, 2, 5)):
+    for row, n in zip(warm_rows, (1, 2, 5), strict=True):
         red = budget.reduction_factor(t_warm, t_off, at=n, resamples=RESAMPLES, seed=0)
         assert row[1] == f"{red.q:.4g}" and row[2] == str(red.n_on)
     assert _reduction_rows(text, "test_loss", "COMET", arm="uniform warm-up (control)") == []
     # TPE: from the running-best curves, no interval; censored here since off never reaches on's n=1
-    tpe = [budget.running_best_curve([_trials(s, "test_loss") for s in data[("hash", ls, "tpe")]]) for ls in ("on", "off")]
+    tpe = [
+        budget.running_best_curve([_trials(s, "test_loss") for s in data[("hash", ls, "tpe")]]) for ls in ("on", "off")
+    ]
     red = budget.reduction_factor(*tpe)
     assert red.censored
     row = _reduction_rows(text, "test_loss", "Hash")[0]
@@ -220,7 +264,7 @@ def test_reductions_csv_matches_budget_module(exported, store):
     files, _ = exported
     _, _, data = store
     rows = _read_csv(files["reductions.csv"])
-    assert list(rows[0].keys()) == export.REDUCTION_COLUMNS
+    assert list(rows[0].keys()) == tables.REDUCTION_COLUMNS
     # 2 metrics x (topk on + warmup, comet on random; hash on tpe) x targets n = 1, 2, 5 (10 > N_on)
     assert len(rows) == 2 * 4 * 3
     assert {r["arm"] for r in rows if r["gate"] == "topk"} == {"on", "warmup"}
@@ -234,11 +278,14 @@ def test_reductions_csv_matches_budget_module(exported, store):
             if sampler == "random":
                 on, off = (_trials(data[(gate, ls, "random")][0], metric) for ls in ("on", "off"))
             else:
-                on, off = (budget.running_best_curve([_trials(s, metric) for s in data[("hash", ls, "tpe")]])
-                           for ls in ("on", "off"))
+                on, off = (
+                    budget.running_best_curve([_trials(s, metric) for s in data[("hash", ls, "tpe")]])
+                    for ls in ("on", "off")
+                )
             for r in got:
-                want = budget.reduction_factor(on, off, at=int(r["at_n"]), test_higher_is_better=up,
-                                               resamples=RESAMPLES, seed=0)
+                want = budget.reduction_factor(
+                    on, off, at=int(r["at_n"]), test_higher_is_better=up, resamples=RESAMPLES, seed=0
+                )
                 assert float(r["q"]) == want.q and int(r["n_arm"]) == want.n_on
                 assert r["censored"] == str(want.censored or bool(np.isposinf(want.high)))
                 if want.censored:  # lower bounds: n_off = N_off, factor = N_off / n_on
@@ -256,14 +303,13 @@ def test_reductions_csv_matches_budget_module(exported, store):
 
 def test_compute_axis_of_interactive_figure(exported, store):
     uri, _, _ = store
-    client = MlflowClient(uri)
-    studies = export._load_studies(client, client.get_experiment_by_name(SWEEP), {}, "best_val_loss")
-    results = export._curves(studies, ["test_loss"], "best_val_loss", 0, 0, 0.9)
-    fig = export._figure_plotly(results, "test_loss", 0.9, x="compute")
+    studies = sweep.read_sweep(MlflowTracking(uri), SWEEP, selection="best_val_loss").studies
+    results = analysis.group_curves(studies, ["test_loss"], "best_val_loss", 0, 0, 0.9)
+    fig = figures.render_plotly(figures.describe(results, "test_loss", 0.9, x="compute"))
     lines = {t.name: t for t in fig.data if t.name}
     assert len(lines) == 7
     for r in results:
-        trace = lines[export._label(r.gate, r.local_search, r.sampler)]
+        trace = lines[analysis.label(r.gate, r.local_search, r.sampler)]
         np.testing.assert_allclose(trace.x, r.curve.compute_seconds)
         np.testing.assert_allclose(trace.y, r.curve.value)
     assert fig.layout.xaxis.title.text == "tuning budget (compute seconds)" and fig.layout.xaxis.type == "log"
@@ -274,7 +320,7 @@ def test_artifacts_logged_on_export_run(exported, store):
     uri, _, _ = store
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(SWEEP)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{schema.ROLE}` = 'export'")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tags.ROLE}` = 'export'")
     assert len(runs) >= 1
     names = {a.path for a in client.list_artifacts(runs[-1].info.run_id)}
     assert names == set(files)
@@ -282,20 +328,24 @@ def test_artifacts_logged_on_export_run(exported, store):
 
 def test_metric_and_filter(store, tmp_path):
     uri, _, _ = store
-    files = export.export_sweep(uri, SWEEP, tmp_path / "o", metric="test_watch_auc", filters=["gate=topk"],
-                                resamples=20, log_to_mlflow=False).files
+    files = export.export_sweep(
+        uri, SWEEP, tmp_path / "o", metric="test_watch_auc", filters=["gate=topk"], resamples=20, log_to_mlflow=False
+    ).files
     rows = _read_csv(files["curves.csv"])
     assert {r["metric"] for r in rows} == {"test_watch_auc"} and {r["gate"] for r in rows} == {"topk"}
     assert "budget_test_loss.png" not in files
 
 
-@pytest.mark.parametrize("kwargs, experiment, message", [
-    ({}, "nope", "unknown experiment 'nope'; available: Default, sweep-a, sweep-bad"),
-    ({}, "sweep-bad", "study 'topk/on/synthetic/random/0' has 1 finished trial(s)"),
-    ({"metric": "test_rating_mse"}, SWEEP, "recorded test metrics: test_loss, test_watch_auc"),
-    ({"filters": ["gate=softmax"]}, SWEEP, "no study matches gate=softmax; values of gate: comet, hash, topk"),
-    ({"filters": ["gate"]}, SWEEP, "is not KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "kwargs, experiment, message",
+    [
+        ({}, "nope", "unknown experiment 'nope'; available: Default, sweep-a, sweep-bad"),
+        ({}, "sweep-bad", "study 'topk/on/synthetic/random/0' has 1 finished trial(s)"),
+        ({"metric": "test_rating_mse"}, SWEEP, "recorded test metrics: test_loss, test_watch_auc"),
+        ({"filters": ["gate=softmax"]}, SWEEP, "no study matches gate=softmax; values of gate: comet, hash, topk"),
+        ({"filters": ["gate"]}, SWEEP, "is not KEY=VALUE"),
+    ],
+)
 def test_bad_input_writes_nothing(store, tmp_path, kwargs, experiment, message):
     uri, _, _ = store
     out = tmp_path / "sweeps" / "x" / "export"
@@ -314,8 +364,23 @@ def test_missing_store_is_not_created(tmp_path):
 
 def test_main_prints_paths(store, tmp_path, capsys):
     uri, _, _ = store
-    rc = export.main(["--experiment", SWEEP, "--tracking-uri", uri, "--out", str(tmp_path / "cli"),
-                      "--metric", "test_loss", "--filter", "gate=comet", "--resamples", "20"])
+    rc = moetune_main(
+        [
+            "export",
+            "--experiment",
+            SWEEP,
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "cli"),
+            "--metric",
+            "test_loss",
+            "--filter",
+            "gate=comet",
+            "--resamples",
+            "20",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "cli" / "curves.csv") in out and "budget_test_loss.png" in out
@@ -323,8 +388,23 @@ def test_main_prints_paths(store, tmp_path, capsys):
 
 def test_cli_unknown_experiment(store, tmp_path):
     uri, _, _ = store
-    proc = subprocess.run([sys.executable, "-m", "moetune.export", "--experiment", "nope", "--tracking-uri", uri,
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moetune.cli.main",
+            "export",
+            "--experiment",
+            "nope",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert lines == ["error: unknown experiment 'nope'; available: Default, sweep-a, sweep-bad"]
@@ -333,27 +413,47 @@ def test_cli_unknown_experiment(store, tmp_path):
 
 def test_moetune_export_subcommand(store, tmp_path, capsys):
     uri, _, _ = store
-    rc = export.cli(["export", "--experiment", SWEEP, "--tracking-uri", uri, "--out", str(tmp_path / "c"),
-                     "--metric", "test_loss", "--filter", "gate=topk", "--resamples", "20"])
+    rc = moetune_main(
+        [
+            "export",
+            "--experiment",
+            SWEEP,
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "c"),
+            "--metric",
+            "test_loss",
+            "--filter",
+            "gate=topk",
+            "--resamples",
+            "20",
+        ]
+    )
     assert rc == 0
     assert str(tmp_path / "c" / "reductions.csv") in capsys.readouterr().out
     assert (tmp_path / "c" / "budget_test_loss_compute.svg").is_file()
     rows = _read_csv(tmp_path / "c" / "reductions.csv")
     assert {(r["gate"], r["metric"]) for r in rows} == {("topk", "test_loss")}
     with pytest.raises(SystemExit) as e:
-        export.cli(["export", "--help"])
+        moetune_main(["export", "--help"])
     assert e.value.code == 0 and "usage: moetune export" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [([], None), (["bogus", "--experiment", SWEEP], "unknown command 'bogus'")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["bogus", "--experiment", SWEEP], "invalid choice: 'bogus' (choose from 'export', 'list')"),
+    ],
+)
 def test_moetune_without_a_known_subcommand_exits_2(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        export.cli(argv)
+        moetune_main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: moetune COMMAND") and "export" in err
-    if message:
-        assert message in err
+    assert err.startswith("usage: moetune [-h] COMMAND")
+    assert message in err
 
 
 def test_summary_opens_with_the_answer(exported, store):
@@ -371,11 +471,13 @@ def test_summary_opens_with_the_answer(exported, store):
 
 
 def test_reduction_text_marks_censoring():
-    red = budget.Reduction(q=0.5, at=10, n_on=2, n_off=None, n_off_max=64, factor=None, low=8.0, high=np.inf,
-                           censored=True)
+    red = budget.Reduction(
+        q=0.5, at=10, n_on=2, n_off=None, n_off_max=64, factor=None, low=8.0, high=np.inf, censored=True
+    )
     assert str(red) == "> 32x (censored)"
-    red = budget.Reduction(q=0.5, at=10, n_on=2, n_off=8, n_off_max=64, factor=4.0, low=1.5, high=np.inf,
-                           censored=False)
+    red = budget.Reduction(
+        q=0.5, at=10, n_on=2, n_off=8, n_off_max=64, factor=4.0, low=1.5, high=np.inf, censored=False
+    )
     assert str(red) == "4x [90% interval 1.5, ∞; censored above]"
     red.high = 9.0
     assert str(red) == "4x [90% interval 1.5, 9]"
@@ -384,7 +486,7 @@ def test_reduction_text_marks_censoring():
 def test_top_trials_are_the_best_five_percent_by_validation(exported, store):
     files, _ = exported
     rows = _read_csv(files["top_trials.csv"])
-    assert list(rows[0].keys()) == export.TOP_COLUMNS
+    assert list(rows[0].keys()) == tables.TOP_COLUMNS
     row = next(r for r in rows if (r["gate"], r["local_search"], r["metric"]) == ("topk", "off", "test_watch_auc"))
     _, _, data = store
     t = _trials(data[("topk", "off", "random")][0], "test_watch_auc")
@@ -395,8 +497,8 @@ def test_top_trials_are_the_best_five_percent_by_validation(exported, store):
     rng = np.random.default_rng(3)
     val, test = rng.uniform(size=41), rng.uniform(size=41)
     trials = budget.Trials(np.append(val, np.nan), np.append(test, np.nan))  # plus one failed trial
-    result = export._Result(("topk", "on", "synthetic", "equal", "random"), "test_loss", [], None, trials, 0.0)
-    (top,) = export._top_trials([result], val_up=False)
+    result = analysis.GroupCurve(("topk", "on", "synthetic", "equal", "random"), "test_loss", [], None, trials, 0.0)
+    (top,) = analysis.top_trials([result], val_up=False)
     best3 = test[np.argsort(val)[:3]]
     assert (top.n_finished, top.n_top) == (41, 3)
     assert top.mean == pytest.approx(best3.mean()) and top.stderr == pytest.approx(best3.std(ddof=1) / np.sqrt(3))
@@ -408,7 +510,7 @@ def test_a_new_export_replaces_the_previous_export_run(store, tmp_path):
     exp = client.get_experiment_by_name(SWEEP)
     for out in ("first", "second"):
         files = export.export_sweep(uri, SWEEP, tmp_path / out, metric="test_loss", resamples=10).files
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{schema.ROLE}` = 'export'")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tags.ROLE}` = 'export'")
     assert len(runs) == 1
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == set(files)
 
@@ -419,3 +521,95 @@ def test_unwritable_output_folder_is_one_line(store, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"cannot write the export to .*; pass --out <writable folder>"):
         export.export_sweep(uri, SWEEP, blocker / "export", resamples=10)
+
+
+def _curve_of(gate, ls, sampler, setting, seed):
+    """A GroupCurve built straight from numbers (no store): random search pools, TPE keeps its one seed."""
+    rng = np.random.default_rng(seed)
+    t = budget.Trials(rng.uniform(size=6), rng.uniform(size=6), seconds=np.full(6, 2.0))
+    if sampler == "random":
+        curve, trials = budget.budget_curve(t.val, t.test, seconds=t.seconds, resamples=20), t
+    else:
+        curve, trials = budget.running_best_curve([t]), [t]
+    return analysis.GroupCurve((gate, ls, setting[0], setting[1], sampler), "test_loss", [], curve, trials, 0.0)
+
+
+def test_one_figure_description_drives_both_renderers(tmp_path):
+    """A 2 x 2 grid with one empty panel: both renderers draw the same panels, series, colors and dashes."""
+    equal, weighted = ("synthetic", "equal"), ("synthetic", "0.1_0.9")
+    curves = [
+        _curve_of("topk", "on", "random", equal, 0),
+        _curve_of("topk", "off", "random", equal, 1),
+        _curve_of("topk", "on", "tpe", equal, 2),
+        _curve_of("hash", "warmup", "random", equal, 3),
+        _curve_of("topk", "off", "random", weighted, 4),
+    ]
+    spec = figures.describe(curves, "test_loss", 0.9, x="trials")
+    assert spec.stem == "budget_test_loss" and spec.x_label == "tuning budget (trials)"
+    assert spec.y_label == "test_loss (lower is better)"
+    assert spec.rows == ["synthetic, task weights 0.1, 0.9", "synthetic"] and spec.n_cols == 2  # sorted settings
+    assert [(p.row, p.col, p.title) for p in spec.panels] == [
+        (0, 0, "Hash — synthetic, task weights 0.1, 0.9"),
+        (0, 1, "Top-k — synthetic, task weights 0.1, 0.9"),
+        (1, 0, "Hash — synthetic"),
+        (1, 1, "Top-k — synthetic"),
+    ]
+    topk = spec.panels[3].series
+    assert [(s.label, s.color, s.dashed) for s in topk] == [
+        ("Top-k, local search", figures.ARM_COLORS["on"], False),
+        ("Top-k, no local search", figures.ARM_COLORS["off"], False),
+        ("Top-k, local search (TPE, running best)", figures.ARM_COLORS["on"], True),
+    ]
+    assert spec.panels[0].series == []
+    assert spec.title.startswith("test_loss: budget (trials) vs quality\n")
+
+    fig = figures.render_plotly(spec)
+    assert [a.text for a in fig.layout.annotations] == [p.title for p in spec.panels]
+    named = [t for t in fig.data if t.name]
+    assert [t.name for t in named] == [  # one legend for the figure: each name says its row
+        "Top-k, no local search (synthetic, task weights 0.1, 0.9)",
+        "Hash, uniform warm-up (control) (synthetic)",
+        "Top-k, local search (synthetic)",
+        "Top-k, no local search (synthetic)",
+        "Top-k, local search (TPE, running best) (synthetic)",
+    ]
+    assert [t.line.dash for t in named] == ["solid", "solid", "solid", "solid", "dash"]
+    assert named[2].line.color == "rgba(31,119,180,1)" and named[3].line.color == "rgba(255,127,14,1)"
+    bands = [t for t in fig.data if t.fill == "tonexty"]
+    assert len(bands) == 5 and bands[1].fillcolor == "rgba(44,160,44,0.15)"
+    assert "n=%{customdata[3]}" in named[0].hovertemplate and "%{customdata[2]:.0f} s" in named[0].hovertemplate
+    np.testing.assert_allclose(np.array(named[2].customdata)[:, 3], curves[0].curve.budgets)
+    np.testing.assert_allclose(named[2].x, curves[0].curve.budgets)
+    assert all(fig.layout[f"xaxis{k}"].type == "log" for k in ("", "2", "3", "4"))
+
+    figures.render_matplotlib(spec, tmp_path / "f.png", tmp_path / "f.svg")
+    svg = (tmp_path / "f.svg").read_text()
+    for text in [p.title for p in spec.panels] + [s.label for p in spec.panels for s in p.series]:
+        assert text in svg, text
+    assert svg.count("tuning budget (trials)") == 4 and svg.count("test_loss (lower is better)") == 2
+
+
+def test_print_answer_names_the_folder_the_answer_and_where_to_browse(tmp_path, capsys):
+    done = export.Export(
+        {"summary.md": tmp_path / "summary.md"},
+        "No gate has both arms.",
+        [],
+        "test_loss",
+        "7",
+        "sqlite:///mlruns/mlflow.db",
+    )
+    export.print_answer(done)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"export: {tmp_path.resolve()} (summary.md, curves, figures, budget_curves.html)"
+    assert out[1] == "  No gate has both arms."
+    assert out[2] == (
+        "browse: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000, "
+        "then open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
+    done.lines, done.tracking_uri = ["Top-k (synthetic): budget reduction 2x"], "http://mlflow:5000/"
+    export.print_answer(done)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        "  Top-k (synthetic): budget reduction 2x",
+        "browse: http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning",
+    ]

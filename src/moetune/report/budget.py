@@ -23,11 +23,12 @@ test score *conditional on at least one finished trial being drawn*; the probabi
 none is drawn is returned beside it (``Curve.p_no_model``) so callers can show it. Where that
 probability is 1 (e.g. without replacement, n <= number of failed trials) the value is NaN.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +41,7 @@ RUNNING_BEST = "running_best"
 _CHUNK_ELEMENTS = 4_000_000  # bound on the (resamples x budgets x groups) block built at once
 
 
-@dataclass
+@dataclass(init=False)
 class Trials:
     """The trials of one study, in trial order.
 
@@ -50,24 +51,25 @@ class Trials:
 
     val: np.ndarray
     test: np.ndarray
-    failed: np.ndarray | None = None
-    seconds: np.ndarray | None = None
+    failed: np.ndarray  # always an array once built (given flags or not, non-finite val marks a failure)
+    seconds: np.ndarray | None
 
-    def __post_init__(self):
-        self.val = np.asarray(self.val, dtype=float).ravel()
-        self.test = np.asarray(self.test, dtype=float).ravel()
+    def __init__(self, val, test, failed=None, seconds=None) -> None:
+        self.val = np.asarray(val, dtype=float).ravel()
+        self.test = np.asarray(test, dtype=float).ravel()
         if self.val.shape != self.test.shape:
             raise ConfigError(f"val and test differ in length: {self.val.size} vs {self.test.size}")
-        if self.failed is None:
+        if failed is None:
             self.failed = ~np.isfinite(self.val)
         else:
-            self.failed = np.asarray(self.failed, dtype=bool).ravel() | ~np.isfinite(self.val)
+            self.failed = np.asarray(failed, dtype=bool).ravel() | ~np.isfinite(self.val)
             if self.failed.shape != self.val.shape:
                 raise ConfigError(f"failed has {self.failed.size} entries for {self.val.size} trials")
         if not np.all(np.isfinite(self.test[~self.failed])):
             raise ConfigError("a finished trial has a non-finite test score; mark it failed or drop it")
-        if self.seconds is not None:
-            self.seconds = np.asarray(self.seconds, dtype=float).ravel()
+        self.seconds = None
+        if seconds is not None:
+            self.seconds = np.asarray(seconds, dtype=float).ravel()
             if self.seconds.shape != self.val.shape:
                 raise ConfigError(f"seconds has {self.seconds.size} entries for {self.val.size} trials")
 
@@ -154,6 +156,7 @@ def _fmt_bound(x: float) -> str:
 
 # ---------------------------------------------------------------- exact estimators
 
+
 def _groups(trials: Trials, val_higher_is_better: bool):
     """Tie groups of the finished trials, worst first: (group id per trial (-1 = failed), K)."""
     finished = ~trials.failed
@@ -192,7 +195,7 @@ def _curves_from_counts(counts, tsum, n_failed, n_total, budgets, replacement):
     w = np.zeros((R, K + 1))
     w[:, 1:] += tbar
     w[:, :-1] -= tbar
-    cols = {}
+    cols: dict[int, list[int]] = {}
     for j, n in enumerate(budgets):
         cols.setdefault(int(n), []).append(j)
     value = np.empty((R, budgets.size))
@@ -235,13 +238,21 @@ def _resampled_curves(trials, gid, K, budgets, replacement, idx):
     step = max(1, _CHUNK_ELEMENTS // per_row)
     out = np.empty((idx.shape[0], budgets.size))
     for s in range(0, idx.shape[0], step):
-        cnt, tsum, nf = _counts(trials, gid, K, idx[s:s + step])
-        out[s:s + step] = _curves_from_counts(cnt, tsum, nf, trials.n, budgets, replacement)[0]
+        cnt, tsum, nf = _counts(trials, gid, K, idx[s : s + step])
+        out[s : s + step] = _curves_from_counts(cnt, tsum, nf, trials.n, budgets, replacement)[0]
     return out
 
 
-def expected_best_curve(val, test, *, failed=None, val_higher_is_better: bool = False,
-                        replacement: bool = True, budgets=None, return_p_no_model: bool = False):
+def expected_best_curve(
+    val,
+    test,
+    *,
+    failed=None,
+    val_higher_is_better: bool = False,
+    replacement: bool = True,
+    budgets=None,
+    return_p_no_model: bool = False,
+):
     """Expected test score of the trial a budget of n trials selects by validation, n = ``budgets``.
 
     Exact order statistics over the observed trials (see the module docstring for ties and failed
@@ -258,8 +269,18 @@ def expected_best_curve(val, test, *, failed=None, val_higher_is_better: bool = 
     return (value[0], p_none[0]) if return_p_no_model else value[0]
 
 
-def bootstrap_band(val, test, *, failed=None, val_higher_is_better: bool = False, replacement: bool = True,
-                   budgets=None, resamples: int = 1000, level: float = 0.9, seed: int | None = 0):
+def bootstrap_band(
+    val,
+    test,
+    *,
+    failed=None,
+    val_higher_is_better: bool = False,
+    replacement: bool = True,
+    budgets=None,
+    resamples: int = 1000,
+    level: float = 0.9,
+    seed: int | None = 0,
+):
     """Percentile bootstrap band of the curve: resample the N trials with replacement, recompute.
 
     Returns (low, high), each over ``budgets``; default 90% band (5th and 95th percentiles),
@@ -278,33 +299,66 @@ def bootstrap_band(val, test, *, failed=None, val_higher_is_better: bool = False
     return low, high
 
 
-def budget_curve(val, test, *, failed=None, seconds=None, val_higher_is_better: bool = False,
-                 replacement: bool = True, budgets=None, resamples: int = 1000, level: float = 0.9,
-                 seed: int | None = 0) -> Curve:
+def budget_curve(
+    val,
+    test,
+    *,
+    failed=None,
+    seconds=None,
+    val_higher_is_better: bool = False,
+    replacement: bool = True,
+    budgets=None,
+    resamples: int = 1000,
+    level: float = 0.9,
+    seed: int | None = 0,
+) -> Curve:
     """The full curve for a random-search study: exact expected value, bootstrap band, compute axis.
 
     ``resamples=0`` skips the bootstrap (band = the curve).
     """
     trials = Trials(val, test, failed, seconds)
     b = _budgets(budgets, trials.n, replacement)
-    value, p_none = expected_best_curve(trials.val, trials.test, failed=trials.failed,
-                                        val_higher_is_better=val_higher_is_better, replacement=replacement,
-                                        budgets=b, return_p_no_model=True)
+    value, p_none = expected_best_curve(
+        trials.val,
+        trials.test,
+        failed=trials.failed,
+        val_higher_is_better=val_higher_is_better,
+        replacement=replacement,
+        budgets=b,
+        return_p_no_model=True,
+    )
     if resamples > 0:
-        low, high = bootstrap_band(trials.val, trials.test, failed=trials.failed,
-                                   val_higher_is_better=val_higher_is_better, replacement=replacement,
-                                   budgets=b, resamples=resamples, level=level, seed=seed)
+        low, high = bootstrap_band(
+            trials.val,
+            trials.test,
+            failed=trials.failed,
+            val_higher_is_better=val_higher_is_better,
+            replacement=replacement,
+            budgets=b,
+            resamples=resamples,
+            level=level,
+            seed=seed,
+        )
     else:
         low, high = value.copy(), value.copy()
-    return Curve(budgets=b, value=value, low=low, high=high, compute_seconds=b * trials.mean_seconds(),
-                 p_no_model=p_none, estimator=WITH_REPLACEMENT if replacement else WITHOUT_REPLACEMENT,
-                 n_trials=trials.n, n_failed=int(trials.failed.sum()), level=level)
+    return Curve(
+        budgets=b,
+        value=value,
+        low=low,
+        high=high,
+        compute_seconds=b * trials.mean_seconds(),
+        p_no_model=p_none,
+        estimator=WITH_REPLACEMENT if replacement else WITHOUT_REPLACEMENT,
+        n_trials=trials.n,
+        n_failed=int(trials.failed.sum()),
+        level=level,
+    )
 
 
 # ---------------------------------------------------------------- adaptive samplers
 
-def running_best_curve(studies: Sequence[Trials], *, val_higher_is_better: bool = False,
-                       level: float = 0.9) -> Curve:
+
+def running_best_curve(studies: Sequence[Trials], *, val_higher_is_better: bool = False, level: float = 0.9) -> Curve:
     """Running best (by validation) in trial order, averaged over repeated seeds of one study.
 
     Each study is a Trials in trial-index order. The selected trial changes only on a strict
@@ -342,12 +396,22 @@ def running_best_curve(studies: Sequence[Trials], *, val_higher_is_better: bool 
     secs = [s.seconds for s in studies if s.seconds is not None]
     mean_s = float(np.nanmean(np.concatenate(secs))) if secs else float("nan")
     budgets = np.arange(1, n_max + 1)
-    return Curve(budgets=budgets, value=value, low=low, high=high, compute_seconds=budgets * mean_s,
-                 p_no_model=1.0 - has.mean(axis=0), estimator=RUNNING_BEST, n_trials=n_max,
-                 n_failed=int(sum(s.failed[:n_max].sum() for s in studies)), level=level)
+    return Curve(
+        budgets=budgets,
+        value=value,
+        low=low,
+        high=high,
+        compute_seconds=budgets * mean_s,
+        p_no_model=1.0 - has.mean(axis=0),
+        estimator=RUNNING_BEST,
+        n_trials=n_max,
+        n_failed=int(sum(s.failed[:n_max].sum() for s in studies)),
+        level=level,
+    )
 
 
 # ---------------------------------------------------------------- budgets and reductions
+
 
 def _reaches(value: np.ndarray, q: float, higher_is_better: bool, tol: float = 1e-12) -> np.ndarray:
     slack = tol * max(1.0, abs(q))
@@ -390,12 +454,17 @@ def _pair_curves(on, off, val_higher_is_better, replacement):
     on = on if isinstance(on, Trials) else Trials(*on)
     off = off if isinstance(off, Trials) else Trials(*off)
     kw = dict(val_higher_is_better=val_higher_is_better, replacement=replacement, resamples=0)
-    return (budget_curve(on.val, on.test, failed=on.failed, **kw),
-            budget_curve(off.val, off.test, failed=off.failed, **kw), on, off)
+    return (
+        budget_curve(on.val, on.test, failed=on.failed, **kw),
+        budget_curve(off.val, off.test, failed=off.failed, **kw),
+        on,
+        off,
+    )
 
 
-def _reductions(on, off, ats, q, test_higher_is_better, val_higher_is_better, replacement, resamples,
-                level, seed) -> list[Reduction]:
+def _reductions(
+    on, off, ats, q, test_higher_is_better, val_higher_is_better, replacement, resamples, level, seed
+) -> list[Reduction]:
     """Reductions at the on-curve's value at each n in ``ats`` (or at the fixed q).
 
     The bootstrap resamples both studies once and reads every target off the same resampled
@@ -410,9 +479,20 @@ def _reductions(on, off, ats, q, test_higher_is_better, val_higher_is_better, re
         n_on = budget_needed(c_on, q0, test_higher_is_better) if np.isfinite(q0) else None
         n_off = budget_needed(c_off, q0, test_higher_is_better) if np.isfinite(q0) else None
         factor = n_off / n_on if (n_on is not None and n_off is not None) else None
-        out.append(Reduction(q=q0, at=at, n_on=n_on, n_off=n_off, n_off_max=n_off_max, factor=factor,
-                             low=float("nan"), high=float("nan"), censored=n_on is not None and n_off is None,
-                             level=level))
+        out.append(
+            Reduction(
+                q=q0,
+                at=at,
+                n_on=n_on,
+                n_off=n_off,
+                n_off_max=n_off_max,
+                factor=factor,
+                low=float("nan"),
+                high=float("nan"),
+                censored=n_on is not None and n_off is None,
+                level=level,
+            )
+        )
     if t_on is None or resamples <= 0 or all(r.n_on is None for r in out):
         return out
     rng = np.random.default_rng(seed)
@@ -428,30 +508,51 @@ def _reductions(on, off, ats, q, test_higher_is_better, val_higher_is_better, re
             continue
         qb = np.full(resamples, r.q) if q is not None else v_on[:, r.at - 1]
         keep = np.isfinite(qb)
-        f = (_first_hit(v_off[keep], qb[keep], test_higher_is_better)
-             / _first_hit(v_on[keep], qb[keep], test_higher_is_better))
+        f = _first_hit(v_off[keep], qb[keep], test_higher_is_better) / _first_hit(
+            v_on[keep], qb[keep], test_higher_is_better
+        )
         f = f[~np.isnan(f)]  # inf/inf: neither resampled curve reaches q
         if f.size:
             r.low, r.high = (float(x) for x in np.quantile(f, [alpha, 1 - alpha], method="inverted_cdf"))
     return out
 
 
-def reduction_factor(on, off, *, at: int = 1, q: float | None = None, test_higher_is_better: bool = False,
-                     val_higher_is_better: bool = False, replacement: bool = True, resamples: int = 1000,
-                     level: float = 0.9, seed: int | None = 0) -> Reduction:
+def reduction_factor(
+    on,
+    off,
+    *,
+    at: int = 1,
+    q: float | None = None,
+    test_higher_is_better: bool = False,
+    val_higher_is_better: bool = False,
+    replacement: bool = True,
+    resamples: int = 1000,
+    level: float = 0.9,
+    seed: int | None = 0,
+) -> Reduction:
     """Budget reduction factor n_off(q) / n_on(q) of a gate with local search ("on") over without.
 
     ``on``/``off`` are Trials (random search: exact curves, bootstrap interval resampling both
     studies' trials) or Curves (e.g. running_best; no interval). q defaults to the on-curve's
     value at n = ``at``; budgets are searched over 1..N of each study.
     """
-    return _reductions(on, off, [at], q, test_higher_is_better, val_higher_is_better, replacement,
-                       resamples, level, seed)[0]
+    return _reductions(
+        on, off, [at], q, test_higher_is_better, val_higher_is_better, replacement, resamples, level, seed
+    )[0]
 
 
-def reduction_factors(on, off, *, at=REDUCTION_AT, test_higher_is_better: bool = False,
-                      val_higher_is_better: bool = False, replacement: bool = True, resamples: int = 1000,
-                      level: float = 0.9, seed: int | None = 0) -> list[Reduction]:
+def reduction_factors(
+    on,
+    off,
+    *,
+    at=REDUCTION_AT,
+    test_higher_is_better: bool = False,
+    val_higher_is_better: bool = False,
+    replacement: bool = True,
+    resamples: int = 1000,
+    level: float = 0.9,
+    seed: int | None = 0,
+) -> list[Reduction]:
     """``reduction_factor`` at several targets: q = the on-curve's value at each n in ``at`` <= N_on.
 
     One reduction says little when local search changes the curve's shape, so report a few
@@ -460,5 +561,6 @@ def reduction_factors(on, off, *, at=REDUCTION_AT, test_higher_is_better: bool =
     c_on = on if isinstance(on, Curve) else None
     n_on_max = int(c_on.budgets.max()) if c_on is not None else (on if isinstance(on, Trials) else Trials(*on)).n
     ats = [int(a) for a in at if 1 <= int(a) <= n_on_max]
-    return _reductions(on, off, ats, None, test_higher_is_better, val_higher_is_better, replacement,
-                       resamples, level, seed)
+    return _reductions(
+        on, off, ats, None, test_higher_is_better, val_higher_is_better, replacement, resamples, level, seed
+    )

@@ -15,7 +15,9 @@ from moetune.tuning.search_space import Space, study_space, with_fixed_gate_para
 
 SCHEMA = "moetune_schema"  # conf/config.yaml composes its YAML over this (first in its defaults list)
 
-ConfigStore.instance().store(name=SCHEMA, node=StudyConfig)
+# every key and its default, untyped: Hydra composes and overrides over it, and ``load_study`` checks the
+# types, so a bad value gets moetune's one-line error (exit 2) rather than Hydra's report
+ConfigStore.instance().store(name=SCHEMA, node=OmegaConf.to_container(OmegaConf.structured(StudyConfig)))
 # Hydra names each study's folder with the study's key: ${study_key:${gate.name},...} in conf/config.yaml
 if not OmegaConf.has_resolver("study_key"):
     OmegaConf.register_new_resolver("study_key", study_key)

@@ -1,0 +1,296 @@
+"""What a sweep's trials say: budget-vs-quality curves per group, reduction factors over no local search,
+the paper's top-5% reporting, and the one-sentence answer. Pure computation, so tables and figures only format.
+
+Random-search studies of the same gate/local_search/dataset/task weights are pooled (their trials are
+independent draws from the same space, whatever the seed) and use the exact expected-max estimator with a
+bootstrap band; adaptive (TPE) studies use the running best in trial order, averaged over the seeds. FAILED
+trials count in the budget but are never selected; a finished trial that did not record a metric counts as
+failed for that metric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from moetune.contract import WALL_SECONDS, higher_is_better
+from moetune.report import budget
+from moetune.report.sweep import Group, Study
+from moetune.tracking import tags
+
+HEADLINE_AT = 10  # the answer's target quality: the local-search curve's value at 10 trials
+TOP_FRACTION = 0.05  # the paper's reporting (supplement S1.3): top 5% of trials by validation loss
+GATE_LABELS = {"topk": "Top-k", "dselect_k": "DSelect-k", "comet": "COMET", "hash": "Hash", "softmax": "Softmax"}
+ARMS = ("on", "warmup")  # arms compared with local_search=off
+ARM_LABELS = {"on": "local search", "warmup": "uniform warm-up (control)", "off": "no local search"}
+ARM_ORDER = {"on": 0, "warmup": 1, "off": 2}  # rows of a table, series of a panel
+
+# (metric, dataset, task_weights, gate, sampler, arm) of one arm's reductions over "off"
+ReductionKey = tuple[str, str, str, str, str, str]
+
+
+@dataclass
+class GroupCurve:
+    """One curve: a (gate, local_search, dataset, task_weights, sampler) group for one metric."""
+
+    group: Group
+    metric: str
+    studies: list[Study]
+    curve: budget.Curve
+    trials: budget.Trials | list[budget.Trials]  # pooled (random search) or one per seed (adaptive)
+    best: float  # the test score of the trial the whole study selects (mean over seeds for running best)
+
+    @property
+    def gate(self) -> str:
+        return self.group[0]
+
+    @property
+    def local_search(self) -> str:
+        return self.group[1]
+
+    @property
+    def dataset(self) -> str:
+        return self.group[2]
+
+    @property
+    def task_weights(self) -> str:
+        return self.group[3]
+
+    @property
+    def sampler(self) -> str:
+        return self.group[4]
+
+    @property
+    def setting(self) -> tuple[str, str]:
+        """What a figure row shows: the dataset and the task weighting."""
+        return self.dataset, self.task_weights
+
+
+@dataclass
+class TopTrials:
+    """The paper's reporting for one group and metric: the top 5% of finished trials by validation."""
+
+    result: GroupCurve
+    n_finished: int
+    n_top: int
+    mean: float
+    stderr: float
+
+
+@dataclass
+class Analysis:
+    """Everything the tables and figures show, computed once."""
+
+    selection: str
+    level: float
+    metrics: list[str]  # the test metrics reported, one figure pair each
+    curves: list[GroupCurve]
+    reductions: dict[ReductionKey, list[budget.Reduction]]
+    tops: list[TopTrials]
+    headline: str  # the metric the answer is given in
+    answer: str  # one sentence, the head of summary.md
+    lines: list[str]  # the answer as one line per gate, for the terminal
+
+
+def analyse(
+    studies: list[Study], metrics: list[str], *, selection: str, resamples: int, seed: int, level: float
+) -> Analysis:
+    val_up = higher_is_better(selection)
+    curves = group_curves(studies, metrics, selection, resamples, seed, level)
+    reductions = arm_reductions(curves, val_up, resamples, seed, level)
+    headline = headline_metric(studies, metrics)
+    answer, lines = headline_answer(reductions, headline)
+    return Analysis(selection, level, metrics, curves, reductions, top_trials(curves, val_up), headline, answer, lines)
+
+
+# ---------------------------------------------------------------- curves
+
+
+def _trials_of(study: Study, selection: str, metric: str) -> budget.Trials:
+    nan = math.nan
+    ok = [t.finished and math.isfinite(t.metrics.get(metric, nan)) for t in study.trials]
+    return budget.Trials(
+        val=[t.metrics[selection] if f else nan for t, f in zip(study.trials, ok, strict=True)],
+        test=[t.metrics[metric] if f else nan for t, f in zip(study.trials, ok, strict=True)],
+        failed=[not f for f in ok],
+        seconds=[t.metrics.get(WALL_SECONDS, nan) for t in study.trials],
+    )
+
+
+def _pool(parts: list[budget.Trials]) -> budget.Trials:
+    seconds = [p.seconds for p in parts if p.seconds is not None]
+    return budget.Trials(
+        np.concatenate([p.val for p in parts]),
+        np.concatenate([p.test for p in parts]),
+        np.concatenate([p.failed for p in parts]),
+        np.concatenate(seconds),
+    )
+
+
+def group_curves(
+    studies: list[Study], metrics: list[str], selection: str, resamples: int, seed: int, level: float
+) -> list[GroupCurve]:
+    """One curve per group and metric, groups in sorted order within each metric."""
+    val_up = higher_is_better(selection)
+    groups: dict[Group, list[Study]] = {}
+    for s in studies:
+        groups.setdefault(s.group, []).append(s)
+    results = []
+    for metric in metrics:
+        for group, members in sorted(groups.items()):
+            members = [s for s in members if any(t.finished and metric in t.metrics for t in s.trials)]
+            if not members:
+                continue  # e.g. a metric of another dataset's task
+            parts = [_trials_of(s, selection, metric) for s in members]
+            trials: budget.Trials | list[budget.Trials]
+            if group[4] == "random":
+                trials = pooled = _pool(parts)
+                curve = budget.budget_curve(
+                    pooled.val,
+                    pooled.test,
+                    failed=pooled.failed,
+                    seconds=pooled.seconds,
+                    val_higher_is_better=val_up,
+                    resamples=resamples,
+                    level=level,
+                    seed=seed,
+                )
+                best = float(
+                    budget.expected_best_curve(
+                        pooled.val,
+                        pooled.test,
+                        failed=pooled.failed,
+                        val_higher_is_better=val_up,
+                        replacement=False,
+                        budgets=[pooled.n],
+                    )[0]
+                )
+            else:  # adaptive sampler: trials are not exchangeable
+                trials = parts
+                curve = budget.running_best_curve(parts, val_higher_is_better=val_up, level=level)
+                best = float(curve.value[-1])
+            results.append(GroupCurve(group, metric, members, curve, trials, best))
+    return results
+
+
+def arm_reductions(
+    results: list[GroupCurve], val_up: bool, resamples: int, seed: int, level: float
+) -> dict[ReductionKey, list[budget.Reduction]]:
+    """Reduction factors of each arm (local search, warm-up control) over "off", keyed by
+    (metric, dataset, task_weights, gate, sampler, arm) where both exist.
+
+    Each value is a list of budget.Reduction, one per target n in budget.REDUCTION_AT (<= N_arm)
+    plus HEADLINE_AT.
+    """
+    by = {(r.metric, r.dataset, r.task_weights, r.gate, r.sampler, r.local_search): r for r in results}
+    ats = sorted(set(budget.REDUCTION_AT) | {HEADLINE_AT})
+    out = {}
+    for (metric, dataset, weights, gate, sampler, arm), res in by.items():
+        off = by.get((metric, dataset, weights, gate, sampler, "off"))
+        if arm not in ARMS or off is None:
+            continue
+        up = higher_is_better(metric)
+        if sampler == "random":
+            red = budget.reduction_factors(
+                res.trials,
+                off.trials,
+                at=ats,
+                test_higher_is_better=up,
+                val_higher_is_better=val_up,
+                resamples=resamples,
+                level=level,
+                seed=seed,
+            )
+        else:
+            red = budget.reduction_factors(res.curve, off.curve, at=ats, test_higher_is_better=up, level=level)
+        out[(metric, dataset, weights, gate, sampler, arm)] = red
+    return out
+
+
+def top_trials(results: list[GroupCurve], val_up: bool) -> list[TopTrials]:
+    """Mean test metric of the top ceil(5%) of finished trials by the selection metric (at least one),
+    and its standard error (sample std / sqrt(count); undefined for one trial). Seeds of a group pooled."""
+    out = []
+    for r in results:
+        parts = r.trials if isinstance(r.trials, list) else [r.trials]
+        val = np.concatenate([p.val[~p.failed] for p in parts])
+        test = np.concatenate([p.test[~p.failed] for p in parts])
+        n_top = max(1, math.ceil(TOP_FRACTION * val.size))
+        order = np.argsort(-val if val_up else val, kind="stable")[:n_top]
+        top = test[order]
+        stderr = float(top.std(ddof=1) / math.sqrt(n_top)) if n_top > 1 else math.nan
+        out.append(TopTrials(r, int(val.size), n_top, float(top.mean()), stderr))
+    return out
+
+
+# ---------------------------------------------------------------- words shared by the answer, tables and figures
+
+
+def setting_text(dataset: str, weights: str) -> str:
+    return dataset + ("" if weights == "equal" else f", task weights {weights.replace('_', ', ')}")
+
+
+def label(gate: str, local_search: str, sampler: str) -> str:
+    """A curve's name, e.g. "Top-k, local search" or "Hash, no local search (TPE, running best)"."""
+    text = f"{GATE_LABELS.get(gate, gate)}, {ARM_LABELS.get(local_search, local_search)}"
+    if sampler != "random":
+        text += f" ({sampler.upper() if sampler == 'tpe' else sampler}, running best)"
+    return text
+
+
+def direction_text(metric: str) -> str:
+    return f"{metric} ({'higher' if higher_is_better(metric) else 'lower'} is better)"
+
+
+def estimator_text(curves: Iterable[GroupCurve], level: float) -> str:
+    parts = []
+    for est in sorted({r.curve.estimator for r in curves}):
+        if est == budget.RUNNING_BEST:
+            parts.append(f"running best in trial order, mean over seeds ({level:.0%} band over seeds)")
+        else:
+            parts.append(f"expected best of n random trials, exact ({level:.0%} bootstrap band)")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- the answer
+
+
+def headline_metric(studies: list[Study], metrics: list[str]) -> str:
+    """The metric the answer is given in: the studies' headline tag (the test twin of the selection metric),
+    else test_loss, as the README says."""
+    for s in studies:
+        m = s.tags.get(tags.HEADLINE_METRIC)
+        if m in metrics:
+            return m
+    return "test_loss" if "test_loss" in metrics else metrics[0]
+
+
+def headline_answer(reductions: dict[ReductionKey, list[budget.Reduction]], metric: str) -> tuple[str, list[str]]:
+    """(one sentence for summary.md, one line per gate for the terminal): local search's reduction factor
+    at the quality its curve reaches at HEADLINE_AT trials (or at its largest budget below that)."""
+    lines, clauses = [], []
+    for key in sorted(k for k in reductions if k[0] == metric and k[5] == "on"):
+        _, dataset, weights, gate, sampler, _ = key
+        reds = reductions[key]
+        r = next((x for x in reds if x.at == HEADLINE_AT), reds[-1] if reds else None)
+        if r is None:
+            continue
+        name = GATE_LABELS.get(gate, gate)
+        where = setting_text(dataset, weights) + ("" if sampler == "random" else f", {sampler}")
+        target = f"{metric} {r.q:.4g}, what {r.at} trials reach with local search"
+        lines.append(f"{name} ({where}): budget reduction {r} to reach {target}")
+        if r.factor is not None and r.factor < 1:
+            clauses.append(
+                f"{name} on {where} needs {1 / r.factor:.3g}x more trials, not fewer, to reach {target} (reduction {r})"
+            )
+        else:
+            clauses.append(f"{name} on {where} needs {r} fewer trials to reach {target}")
+    if not clauses:
+        return (
+            "No gate has studies both with and without local search, so there is no reduction factor; "
+            "run local_search=on,off."
+        ), []
+    return "With permutation local search, " + "; ".join(clauses) + ".", lines
