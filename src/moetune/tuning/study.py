@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
@@ -58,8 +57,7 @@ def run_study(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
     data = load_dataset(**config.dataset)
     check_tasks(config, len(data.tasks))
     trial = config.for_trial()
-    with torch.device("meta"):  # builds the model without memory: catches a gate or expert that does not fit the data
-        MMoE(data, trial.model, trial.gate, trial.local_search)
+    MMoE(data, trial.model, trial.gate, trial.local_search)  # catches a gate or expert that does not fit the data
     build_sampler(config)
     tracking: Tracking = instantiate(dataclasses.asdict(config.tracking))
     tracking.check()
