@@ -295,6 +295,8 @@ BAD_INPUTS = [
     (["gate.k=20"], "gate.k must be between 1 and model.n_experts"),
     (["train.lr=abc"], "train.lr"),
     (["local_search=on", "local_search.e_perm=50"], "exceeds train.max_epochs"),
+    (["sampler._target_=optuna.samplers.NoSuchSampler"], "sampler: "),
+    (["sampler._target_=collections.OrderedDict"], "is not an Optuna sampler"),
 ]
 
 
@@ -309,7 +311,11 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(workdir, args, message):
 
 @pytest.mark.parametrize(
     "override,listing",
-    [("gate=nope", "Available options in 'gate'"), ("dataset=nope", "Available options in 'dataset'")],
+    [
+        ("gate=nope", "Available options in 'gate'"),
+        ("dataset=nope", "Available options in 'dataset'"),
+        ("sampler=nope", "Available options in 'sampler'"),
+    ],
 )
 def test_unknown_choice_gets_hydras_listing(workdir, override, listing):
     proc = run_cli(workdir, override)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -21,6 +22,7 @@ from moetune.moe.local_search import PermutationLocalSearch, UniformMixingWarmup
 from moetune.training import Trainer
 from moetune.tuning.hydra_config import load_study
 from moetune.tuning.search_space import build_search_space
+from moetune.tuning.searcher import build_sampler
 
 from conftest import REPO, tabular_data
 
@@ -286,3 +288,18 @@ def test_config_file_for_every_local_search_arm():
     for path in (CONF / "local_search").glob("*.yaml"):
         conf = OmegaConf.load(path)
         LocalSearchConfig(**conf)  # every key is a real setting
+
+
+# ---------------------------------------------------------------- the sampler, by config
+
+
+@pytest.mark.parametrize("name, cls", [("random", optuna.samplers.RandomSampler), ("tpe", optuna.samplers.TPESampler)])
+def test_the_sampler_is_its_config_target_seeded_by_the_study_seed(name, cls):
+    config = load_study(composed(f"sampler={name}", "seed=3")).config
+    assert config.sampler == {"_target_": f"optuna.samplers.{cls.__name__}", "seed": 3}
+    assert isinstance(build_sampler(config), cls) and config.sampler_name == name
+    draws = []
+    for _ in range(2):  # the same seed draws the same first trial
+        study = optuna.create_study(sampler=build_sampler(config))
+        draws.append(study.ask().suggest_float("x", 0.0, 1.0))
+    assert draws[0] == draws[1]
