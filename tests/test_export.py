@@ -596,7 +596,7 @@ def test_print_answer_names_the_folder_the_answer_and_where_to_browse(tmp_path, 
         [],
         "test_loss",
         "7",
-        "sqlite:///mlruns/mlflow.db",
+        MlflowTracking("sqlite:///mlruns/mlflow.db").browse_hint("7"),
     )
     export.print_answer(done)
     out = capsys.readouterr().out.splitlines()
@@ -606,7 +606,8 @@ def test_print_answer_names_the_folder_the_answer_and_where_to_browse(tmp_path, 
         "browse: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000, "
         "then open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
     )
-    done.lines, done.tracking_uri = ["Top-k (synthetic): budget reduction 2x"], "http://mlflow:5000/"
+    done.lines = ["Top-k (synthetic): budget reduction 2x"]
+    done.browse_hint = MlflowTracking("http://mlflow:5000/").browse_hint("7")
     export.print_answer(done)
     out = capsys.readouterr().out.splitlines()
     assert out[1:] == [

@@ -38,12 +38,14 @@ class ExportOnMultirunEnd(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if not config.sweep.export:
             return
+        from hydra.utils import instantiate
+
         from moetune.report import export_sweep, print_answer
 
         out = Path(config.hydra.sweep.dir) / "export"
         experiment, uri = config.tracking.experiment, config.tracking.uri
         try:
-            print_answer(export_sweep(uri, experiment, out))
+            print_answer(export_sweep(instantiate(config.tracking), experiment, out))
         except MoetuneError as exc:
             print(
                 f"error: export failed: {exc}\n  once fixed: moetune export --experiment {experiment} "

@@ -18,6 +18,7 @@ from moetune.errors import ConfigError
 from moetune.report import figures, tables
 from moetune.report.analysis import analyse
 from moetune.report.sweep import read_sweep, report_metrics
+from moetune.tracking import Tracking
 from moetune.tracking.mlflow_store import MlflowTracking
 
 DEFAULT_SELECTION = "best_val_loss"
@@ -32,7 +33,7 @@ class Export:
     lines: list[str]
     metric: str
     experiment_id: str
-    tracking_uri: str
+    browse_hint: str  # where to browse the sweep (the tracking backend says)
 
     @property
     def folder(self) -> Path:
@@ -40,7 +41,7 @@ class Export:
 
 
 def export_sweep(
-    tracking_uri: str,
+    tracking: str | Tracking,
     experiment_name: str,
     out_dir: str | os.PathLike[str] | None = None,
     *,
@@ -56,9 +57,11 @@ def export_sweep(
 
     ``filters`` (mapping or "KEY=VALUE" strings) keep studies whose tags match. Every check runs
     before anything is written; files are rendered in a temp folder and moved into ``out_dir``
-    (default sweeps/<experiment>/export) only when all are done.
+    (default sweeps/<experiment>/export) only when all are done. ``tracking`` is the sweep's tracking
+    backend, or an MLflow tracking URI.
     """
-    tracking = MlflowTracking(tracking_uri)
+    if isinstance(tracking, str):
+        tracking = MlflowTracking(tracking)
     sweep = read_sweep(tracking, experiment_name, filters=filters, selection=selection)
     metrics = report_metrics(sweep.studies, metric)
     analysis = analyse(sweep.studies, metrics, selection=selection, resamples=resamples, seed=seed, level=level)
@@ -86,7 +89,8 @@ def export_sweep(
             "filters": ",".join(f"{k}={v}" for k, v in sweep.filters.items()) or "-",
         }
         tracking.log_export(experiment_name, list(files.values()), params)
-    return Export(files, analysis.answer, analysis.lines, analysis.headline, sweep.experiment_id, tracking_uri)
+    hint = tracking.browse_hint(sweep.experiment_id)
+    return Export(files, analysis.answer, analysis.lines, analysis.headline, sweep.experiment_id, hint)
 
 
 def print_answer(export: Export) -> None:
@@ -96,4 +100,4 @@ def print_answer(export: Export) -> None:
         print(f"  {export.answer}")
     for line in export.lines:
         print(f"  {line}")
-    print(MlflowTracking(export.tracking_uri).browse_hint(export.experiment_id))
+    print(export.browse_hint)
