@@ -175,6 +175,15 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([int(study_seed), int(trial_number)]).generate_state(1)[0])
 
 
+def sampler_seed(study_seed: int, trial_number: int) -> int:
+    """The seed the study's sampler draws trial ``trial_number``'s setting with: a function of the study's
+    seed and the number only, so a study draws the same settings alone, beside other studies, or resumed
+    after a kill (a sampler seeded once would replay its first settings on resume)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(study_seed), int(trial_number), 1]).generate_state(1)[0])
+
+
 @dataclass
 class StudyConfig:
     """Everything one study needs. ``search_space`` stays as written in YAML (moetune.tuning.search_space

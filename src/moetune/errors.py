@@ -23,3 +23,7 @@ class TrainingDivergedError(MoetuneError, RuntimeError):
 
     def __reduce__(self):  # picklable, so Ray can carry it from the trial worker to the driver
         return type(self), (self.epoch, self.cause)
+
+
+class SweepLockedError(MoetuneError):
+    """Another live driver holds the sweep; the message names its process."""

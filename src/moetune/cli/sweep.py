@@ -1,34 +1,59 @@
-"""``python train.py``: one Hydra job = one study; a multirun ends with the sweep's export and answer."""
+"""``python train.py``: Hydra composes each study's config; one driver runs them (moetune.tuning.driver).
+
+A multirun's jobs reach the driver through moetune's Hydra launcher (hydra_plugins.moetune_launcher), so
+all studies share one Ray instance and its slots; a single run (no -m) is a sweep of one study. The
+multirun ends with the sweep's export and answer (``ExportOnMultirunEnd``)."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
-import moetune.tuning.hydra_config  # noqa: F401  (registers the config schema and ${study_key:...})
+import moetune.tuning.hydra_config  # noqa: F401  (registers the config schema, ${study_key:...} and the launcher)
 from moetune.errors import MoetuneError
 
 
-def run_job(cfg: DictConfig) -> None:
-    """Run the job's study; bad input exits 2 with one ``error:`` line, an interrupt 130 with how to resume."""
-    from moetune.tuning.study import run_study
+def resume_command(sweep_name: str) -> str:
+    """The command line that resumes this sweep: the one typed, naming the sweep."""
+    args = [a for a in sys.argv[1:] if not a.startswith("sweep.name=")]
+    return shlex.join(["python", Path(sys.argv[0]).name, *args, f"sweep.name={sweep_name}"])
 
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
-    sweep_dir = Path(hydra_cfg.sweep.dir if multirun else hydra_cfg.runtime.output_dir)
+
+def run_sweep_or_exit(job_configs: list[DictConfig], sweep_dir: Path) -> list[dict[str, Any]]:
+    """Plan every study, then run them in one driver. Bad input exits 2 with one ``error:`` line before
+    anything starts; a signal or an interrupt exits 130 (143 for SIGTERM) with the command to resume."""
+    from moetune.tuning.driver import SweepInterrupted, plan_study, run_sweep
+
     try:
-        summary = run_study(cfg, sweep_dir)
+        datasets: dict = {}
+        plans = [plan_study(cfg, datasets) for cfg in job_configs]
+        summaries = run_sweep(plans, sweep_dir)
     except MoetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+    except SweepInterrupted as exc:
+        print(f"interrupted: {exc}; resume with: {resume_command(exc.sweep)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted before the sweep started; nothing was run", file=sys.stderr)
         sys.exit(130)
-    print(f"[{summary['study']}] done: {summary['trials_finished']} finished, {summary['trials_failed']} failed")
+    for summary in summaries:
+        print(f"[{summary['study']}] done: {summary['trials_finished']} finished, {summary['trials_failed']} failed")
+    return summaries
+
+
+def run_job(cfg: DictConfig) -> None:
+    """The Hydra task: one study (``python train.py`` without -m, or a launcher that runs jobs one by one)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    sweep_dir = Path(hydra_cfg.sweep.dir if multirun else hydra_cfg.runtime.output_dir)
+    run_sweep_or_exit([cfg], sweep_dir)
 
 
 class ExportOnMultirunEnd(HydraCallback):

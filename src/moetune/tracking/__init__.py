@@ -1,5 +1,21 @@
 """Tracking: where studies and trials are recorded (driver side only), and read back for the report."""
 
-from moetune.tracking.base import RecordedStudy, RecordedSweep, RecordedTrial, StudyRecord, Tracking
+from moetune.tracking.base import (
+    LedgerEntry,
+    RecordedStudy,
+    RecordedSweep,
+    RecordedTrial,
+    StudyRecord,
+    SweepLock,
+    Tracking,
+)
 
-__all__ = ["RecordedStudy", "RecordedSweep", "RecordedTrial", "StudyRecord", "Tracking"]
+__all__ = [
+    "LedgerEntry",
+    "RecordedStudy",
+    "RecordedSweep",
+    "RecordedTrial",
+    "StudyRecord",
+    "SweepLock",
+    "Tracking",
+]

@@ -29,6 +29,16 @@ class RecordedStudy:
 
 
 @dataclass
+class LedgerEntry:
+    """A trial that counts in its study's budget: ended FINISHED or FAILED (cut-off attempts are not kept)."""
+
+    number: int
+    status: str  # FINISHED | FAILED
+    sampled: dict  # the sampler's own values for the trial (JSON), to rebuild the sampler's history on resume
+    metrics: dict[str, float]
+
+
+@dataclass
 class RecordedSweep:
     name: str
     experiment_id: str
@@ -36,27 +46,29 @@ class RecordedSweep:
 
 
 class StudyRecord(abc.ABC):
-    """One study's record: trials keyed by the tuner's trial id, numbered in the order they started."""
+    """One study's record and its ledger: trials keyed by their number in the study (0 .. n_trials-1).
+
+    A trial's record is written when it starts (with its sampled values) and when it ends, so the record
+    is the ledger a resumed sweep reads: opening a study drops the attempts a killed or interrupted driver
+    cut off (RUNNING or KILLED), and their numbers are run again."""
 
     @abc.abstractmethod
-    def start_trial(self, trial_id: str, params: dict) -> None:
-        """Open the trial's record; an unfinished record of an interrupted attempt is replaced."""
+    def ledger(self) -> list[LedgerEntry]:
+        """The trials that ended FINISHED or FAILED, by number."""
 
     @abc.abstractmethod
-    def log_epoch(self, trial_id: str, report: EpochReport) -> None: ...
+    def start_trial(self, number: int, params: dict, sampled: dict, tuner_trial_id: str) -> None:
+        """Open trial ``number``'s record before it runs: its parameters (as logged) and sampled values."""
+
+    @abc.abstractmethod
+    def log_epoch(self, number: int, report: EpochReport) -> None: ...
 
     @abc.abstractmethod
     def end_trial(
-        self, trial_id: str, outcome: Outcome, final: FinalReport | None = None, error: str | None = None
+        self, number: int, outcome: Outcome, final: FinalReport | None = None, error: str | None = None
     ) -> None:
-        """Close the trial's record with its outcome; FINISHED carries the final report, FAILED the error."""
-
-    @abc.abstractmethod
-    def is_done(self, trial_id: str) -> bool:
-        """Whether the trial ended FINISHED or FAILED (so it counts in the budget and is not re-run)."""
-
-    @abc.abstractmethod
-    def trial_number(self, trial_id: str) -> int: ...
+        """Close the trial's record with its outcome; FINISHED carries the final report, FAILED the error,
+        STOPPED leaves it open for ``close`` (an interrupted attempt, run again on resume)."""
 
     @abc.abstractmethod
     def counts(self) -> tuple[int, int]:
@@ -67,13 +79,33 @@ class StudyRecord(abc.ABC):
         """End the study; unfinished trials (and the study, if not complete) are closed as killed."""
 
 
+class SweepLock(abc.ABC):
+    """Exclusive hold of a sweep by one driver process, kept alive by a heartbeat."""
+
+    @abc.abstractmethod
+    def release(self) -> None: ...
+
+    def __enter__(self) -> SweepLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Tracking(abc.ABC):
     """A tracking store. Construction writes nothing; ``check`` fails early when the store is unreachable."""
 
     uri: str
 
     @abc.abstractmethod
-    def check(self) -> None: ...
+    def check(self, must_exist: bool = False, writable: bool = False) -> None:
+        """Raise ConfigError (one line) when the store is unreachable, missing (``must_exist``) or
+        read-only (``writable``)."""
+
+    @abc.abstractmethod
+    def lock_sweep(self) -> SweepLock:
+        """Hold this sweep (the experiment) for this driver, or raise SweepLockedError naming the holder.
+        A lock whose holder died (dead PID on this host, or heartbeat older than a minute) is taken over."""
 
     @abc.abstractmethod
     def open_study(

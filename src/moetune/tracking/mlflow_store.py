@@ -7,8 +7,12 @@ are closed. The layout is in moetune.tracking.tags.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +26,17 @@ from mlflow.tracking import MlflowClient
 
 import moetune
 from moetune.contract import EpochReport, FinalReport, Outcome
-from moetune.errors import ConfigError
+from moetune.errors import ConfigError, SweepLockedError
 from moetune.tracking import tags as T
-from moetune.tracking.base import RecordedStudy, RecordedSweep, RecordedTrial, StudyRecord, Tracking
+from moetune.tracking.base import (
+    LedgerEntry,
+    RecordedStudy,
+    RecordedSweep,
+    RecordedTrial,
+    StudyRecord,
+    SweepLock,
+    Tracking,
+)
 
 UNFINISHED = ("RUNNING", "SCHEDULED")
 DONE = ("FINISHED", "FAILED")
@@ -74,9 +86,10 @@ class MlflowTracking(Tracking):
 
     # ------------------------------------------------------------ checks
 
-    def check(self, must_exist: bool = False) -> None:
+    def check(self, must_exist: bool = False, writable: bool = False) -> None:
         """Fail early, writing nothing, when the store cannot be reached; ``must_exist`` (for reading) also
-        refuses a sqlite file that is not there, which MLflow would silently create empty."""
+        refuses a sqlite file that is not there, which MLflow would silently create empty; ``writable``
+        refuses a sqlite file or folder the driver cannot write (sqlite writes a journal beside the file)."""
         uri = self.uri
         parsed = urlparse(uri)
         if parsed.scheme == "sqlite":
@@ -88,6 +101,11 @@ class MlflowTracking(Tracking):
             if not db.parent.is_dir():
                 raise ConfigError(
                     f"tracking.uri {uri!r}: folder {db.parent} does not exist; create it or set tracking.uri"
+                )
+            if writable and not (os.access(db.parent, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))):
+                raise ConfigError(
+                    f"tracking.uri {uri!r}: {db if db.exists() else db.parent} is not writable; "
+                    "fix its permissions or set tracking.uri"
                 )
         elif parsed.scheme in ("http", "https"):
             try:
@@ -104,9 +122,11 @@ class MlflowTracking(Tracking):
 
     # ------------------------------------------------------------ writing
 
-    def open_study(
-        self, study_key: str, tags: dict[str, str], search_space: dict[str, str], config_yaml: str
-    ) -> StudyRecord:
+    def lock_sweep(self) -> SweepLock:
+        return MlflowSweepLock(self.client, self._experiment_id(), self.experiment)
+
+    def _experiment_id(self) -> str:
+        """The sweep's experiment, created tagged for model training (MLflow's UI opens it on its runs)."""
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             location = (Path(self.artifact_root).resolve() / self.experiment).as_uri()
@@ -117,7 +137,12 @@ class MlflowTracking(Tracking):
             experiment_id = exp.experiment_id
             if exp.tags.get(T.EXPERIMENT_KIND) != T.MODEL_TRAINING:
                 self.client.set_experiment_tag(experiment_id, T.EXPERIMENT_KIND, T.MODEL_TRAINING)
-        record = MlflowStudyRecord(self.client, experiment_id, study_key, tags)
+        return experiment_id
+
+    def open_study(
+        self, study_key: str, tags: dict[str, str], search_space: dict[str, str], config_yaml: str
+    ) -> StudyRecord:
+        record = MlflowStudyRecord(self.client, self._experiment_id(), study_key, tags)
         record.log_study(search_space, config_yaml)
         return record
 
@@ -183,7 +208,7 @@ class MlflowTracking(Tracking):
 
 
 class MlflowStudyRecord(StudyRecord):
-    """The parent run of one study and its trial children."""
+    """The parent run of one study and its trial children, keyed by trial number."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, study_key: str, tags: dict[str, str]) -> None:
         self.client, self.experiment_id, self.study_key, self.tags = client, experiment_id, study_key, tags
@@ -200,18 +225,24 @@ class MlflowStudyRecord(StudyRecord):
                 **tags,
             }
             self.parent_id = self.client.create_run(experiment_id, tags=all_tags, run_name=study_key).info.run_id
-        self.children: dict[str, str] = {}
-        self.child_status: dict[str, str] = {}
-        self.child_index: dict[str, int] = {}
+        self.runs: dict[int, str] = {}  # trial number -> run id
+        self.status: dict[int, str] = {}
+        self._ledger: list[LedgerEntry] = []
         for run in self._search(f"tags.`{T.PARENT_RUN_ID}` = '{self.parent_id}'"):
-            trial_id = run.data.tags.get(T.TRIAL_ID)
-            if trial_id is None:
-                continue  # not a trial of this study (no tuner id)
-            self.children[trial_id] = run.info.run_id
-            self.child_status[trial_id] = run.info.status
-            self.child_index[trial_id] = int(run.data.tags.get(T.TRIAL_INDEX, len(self.child_index)))
-        self.pending: dict[str, list[Metric]] = {}
-        self.last_flush: dict[str, float] = {}
+            if T.TRIAL_INDEX not in run.data.tags:
+                continue  # not a trial of this study
+            number = int(run.data.tags[T.TRIAL_INDEX])
+            if run.info.status not in DONE or number in self.status:
+                # an attempt a killed or interrupted driver cut off (or a duplicate of an older version):
+                # it does not count, and the number is run again
+                self.client.delete_run(run.info.run_id)
+                continue
+            self.runs[number], self.status[number] = run.info.run_id, run.info.status
+            sampled = json.loads(run.data.tags.get(T.SAMPLED, "{}"))
+            self._ledger.append(LedgerEntry(number, run.info.status, sampled, dict(run.data.metrics)))
+        self._ledger.sort(key=lambda e: e.number)
+        self.pending: dict[int, list[Metric]] = {}
+        self.last_flush: dict[int, float] = {}
 
     def _search(self, filter_string: str) -> list[Run]:
         return list(
@@ -230,61 +261,55 @@ class MlflowStudyRecord(StudyRecord):
             self.client.log_batch(self.parent_id, params=params)
         self.client.log_text(self.parent_id, config_yaml, "config.yaml")
 
-    def is_done(self, trial_id: str) -> bool:
-        return self.child_status.get(trial_id) in DONE
+    def ledger(self) -> list[LedgerEntry]:
+        return list(self._ledger)
 
-    def trial_number(self, trial_id: str) -> int:
-        return self.child_index.get(trial_id, -1)
+    def _open(self, number: int) -> bool:
+        return number in self.runs and self.status.get(number) not in DONE
 
-    def start_trial(self, trial_id: str, params: dict) -> None:
-        """A child run for the trial; a run left by an interrupted attempt is deleted and started afresh.
-
-        Trials are numbered in the order the tuner started them; a restarted trial keeps its number."""
-        if self.is_done(trial_id):
-            return
-        if trial_id in self.children:
-            self.client.delete_run(self.children[trial_id])
-        index = self.child_index.setdefault(trial_id, max(self.child_index.values(), default=-1) + 1)
+    def start_trial(self, number: int, params: dict, sampled: dict, tuner_trial_id: str) -> None:
+        if number in self.runs:
+            raise RuntimeError(f"trial {number} of study {self.study_key} is already recorded")
         tags = {
             T.ROLE: T.TRIAL,
             T.PARENT_RUN_ID: self.parent_id,
-            T.TRIAL_ID: trial_id,
-            T.TRIAL_INDEX: str(index),
+            T.TRIAL_ID: tuner_trial_id,
+            T.TRIAL_INDEX: str(number),
             T.STUDY_KEY: self.study_key,
+            T.SAMPLED: json.dumps(sampled),
             **self.tags,
         }
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{index:03d}")
-        self.children[trial_id] = run.info.run_id
-        self.child_status[trial_id] = "RUNNING"
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number:03d}")
+        self.runs[number], self.status[number] = run.info.run_id, "RUNNING"
         self.client.log_batch(run.info.run_id, params=[Param(k, _clean(v)) for k, v in sorted(params.items())])
 
-    def log_epoch(self, trial_id: str, report: EpochReport) -> None:
+    def log_epoch(self, number: int, report: EpochReport) -> None:
         """Buffer a trial's per-epoch metrics; written every FLUSH_SECONDS and when the trial ends, since
         one store write per epoch costs the driver CPU that the trials on the same machine need."""
-        if self.is_done(trial_id) or trial_id not in self.children:
+        if not self._open(number):
             return
         now = time.time()
-        self.pending.setdefault(trial_id, []).extend(
+        self.pending.setdefault(number, []).extend(
             Metric(k, float(v), int(now * 1000), report.epoch) for k, v in report.metrics.items()
         )
-        if now - self.last_flush.get(trial_id, 0.0) >= FLUSH_SECONDS:
-            self._flush(trial_id)
+        if now - self.last_flush.get(number, 0.0) >= FLUSH_SECONDS:
+            self._flush(number)
 
-    def _flush(self, trial_id: str) -> None:
-        self.last_flush[trial_id] = time.time()
-        metrics = self.pending.pop(trial_id, [])
+    def _flush(self, number: int) -> None:
+        self.last_flush[number] = time.time()
+        metrics = self.pending.pop(number, [])
         for start in range(0, len(metrics), BATCH):
-            self.client.log_batch(self.children[trial_id], metrics=metrics[start : start + BATCH])
+            self.client.log_batch(self.runs[number], metrics=metrics[start : start + BATCH])
 
     def end_trial(
-        self, trial_id: str, outcome: Outcome, final: FinalReport | None = None, error: str | None = None
+        self, number: int, outcome: Outcome, final: FinalReport | None = None, error: str | None = None
     ) -> None:
         """FINISHED: final metrics, permutation and init tags, diagnostics.json. FAILED: the error as a tag.
         STOPPED: the run stays open until ``close`` marks it KILLED (it is re-run on resume)."""
-        if self.is_done(trial_id) or trial_id not in self.children or outcome is Outcome.STOPPED:
+        if not self._open(number) or outcome is Outcome.STOPPED:
             return
-        self._flush(trial_id)
-        run_id = self.children[trial_id]
+        self._flush(number)
+        run_id = self.runs[number]
         if outcome is Outcome.FINISHED:
             assert final is not None
             now = int(time.time() * 1000)
@@ -300,19 +325,91 @@ class MlflowStudyRecord(StudyRecord):
         else:
             self.client.set_tag(run_id, T.ERROR, _clean(error))
         self.client.set_terminated(run_id, outcome.value)
-        self.child_status[trial_id] = outcome.value
+        self.status[number] = outcome.value
 
     def counts(self) -> tuple[int, int]:
-        statuses = list(self.child_status.values())
+        statuses = list(self.status.values())
         return statuses.count("FINISHED"), statuses.count("FAILED")
 
     def close(self, summary: dict[str, float], complete: bool) -> None:
-        for trial_id, status in self.child_status.items():
-            if trial_id in self.pending:
-                self._flush(trial_id)
+        for number, status in self.status.items():
+            if number in self.pending:
+                self._flush(number)
             if status in UNFINISHED:
-                self.client.set_terminated(self.children[trial_id], "KILLED")
-                self.child_status[trial_id] = "KILLED"
+                self.client.set_terminated(self.runs[number], "KILLED")
+                self.status[number] = "KILLED"
         now = int(time.time() * 1000)
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
         self.client.set_terminated(self.parent_id, "FINISHED" if complete else "KILLED")
+
+
+class MlflowSweepLock(SweepLock):
+    """A sweep's lock as a run in its experiment (tag ROLE=DRIVER): create, then the oldest live one wins.
+
+    Works on any MLflow store (sqlite, or a server on PostgreSQL) without a lock service: two drivers
+    starting at once both create their run and both read the same order. A heartbeat tag is renewed
+    every HEARTBEAT_SECONDS; a lock whose heartbeat is older than STALE_SECONDS, or whose process is dead
+    on this host, is deleted by the next driver and taken over."""
+
+    HEARTBEAT_SECONDS = 10.0
+    STALE_SECONDS = 60.0
+
+    def __init__(self, client: MlflowClient, experiment_id: str, sweep: str) -> None:
+        self.client, self.experiment_id, self.sweep = client, experiment_id, sweep
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self._remove_stale()
+        tags = {
+            T.ROLE: T.DRIVER,
+            T.SWEEP: sweep,
+            T.DRIVER_PID: str(self.pid),
+            T.DRIVER_HOST: self.host,
+            T.DRIVER_HEARTBEAT: f"{time.time():.0f}",
+        }
+        self.run_id = client.create_run(experiment_id, tags=tags, run_name=f"driver pid {self.pid}").info.run_id
+        holder = self._drivers()[0]
+        if holder.info.run_id != self.run_id:
+            client.delete_run(self.run_id)
+            tags_of = holder.data.tags
+            age = time.time() - float(tags_of.get(T.DRIVER_HEARTBEAT, 0))
+            raise SweepLockedError(
+                f"sweep {sweep!r} is being run by another driver (pid {tags_of.get(T.DRIVER_PID)} on "
+                f"{tags_of.get(T.DRIVER_HOST)}, heartbeat {age:.0f}s ago); wait for it to end or stop it"
+            )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="moetune-sweep-lock", daemon=True)
+        self._thread.start()
+
+    def _drivers(self) -> list[Run]:
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{T.ROLE}` = '{T.DRIVER}'", max_results=BATCH)
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def _stale(self, run: Run) -> bool:
+        tags = run.data.tags
+        if time.time() - float(tags.get(T.DRIVER_HEARTBEAT, 0)) > self.STALE_SECONDS:
+            return True
+        if tags.get(T.DRIVER_HOST) == self.host:
+            try:
+                os.kill(int(tags.get(T.DRIVER_PID, "0")), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError):
+                return False
+        return False
+
+    def _remove_stale(self) -> None:
+        for run in self._drivers():
+            if self._stale(run):
+                self.client.delete_run(run.info.run_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a missed beat is retried; staleness takes six
+                self.client.set_tag(self.run_id, T.DRIVER_HEARTBEAT, f"{time.time():.0f}")
+
+    def release(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self.client.delete_run(self.run_id)

@@ -5,18 +5,24 @@ Layout of a sweep (MLflow's terms; another backend keeps the same shape):
 - one parent run per study, tag ROLE=STUDY, the tags below, params = the search space;
 - one nested child run per trial, tag ROLE=TRIAL and PARENT_RUN_ID, params = the sampled
   hyperparameters, per-epoch metrics (step = epoch), final metrics, status FINISHED or FAILED;
-- one run tagged ROLE=EXPORT holding the report's files.
+- one run tagged ROLE=EXPORT holding the report's files;
+- while a driver runs the sweep, one run tagged ROLE=DRIVER: the sweep's lock (its PID, host, heartbeat).
 """
 
 ROLE = "moetune.role"
 STUDY = "study"
 TRIAL = "trial"
 EXPORT = "export"
+DRIVER = "driver"
+DRIVER_PID = "moetune.driver.pid"
+DRIVER_HOST = "moetune.driver.host"
+DRIVER_HEARTBEAT = "moetune.driver.heartbeat"  # unix seconds, renewed while the driver lives
 PARENT_RUN_ID = "mlflow.parentRunId"
 SWEEP = "moetune.sweep"
 STUDY_KEY = "moetune.study"  # gate/local_search/dataset/task weights/seed, unique inside a sweep
-TRIAL_ID = "moetune.trial_id"
-TRIAL_INDEX = "moetune.trial_index"  # 0-based order in which the tuner started the trial
+TRIAL_ID = "moetune.trial_id"  # the tuner's id of the attempt that ran it
+TRIAL_INDEX = "moetune.trial_index"  # the trial's number in its study, 0 .. n_trials-1
+SAMPLED = "moetune.sampled"  # the sampler's values for the trial (JSON), its history on resume
 GATE = "gate"
 LOCAL_SEARCH = "local_search"  # "on" | "off" | "warmup" (the control arm)
 DATASET = "dataset"

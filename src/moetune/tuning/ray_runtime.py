@@ -27,6 +27,17 @@ def check_ray_address(address: str | None) -> None:
         ) from None
 
 
+def _local_only() -> None:
+    """Ray's local-only mode (its default on macOS and Windows): the node's address is 127.0.0.1, so the
+    GCS, raylet, workers and agents it starts listen on loopback only. Ray has no authentication, and
+    joining a cluster is the explicit ``tuner.ray_address``. Ray reads the switch when imported (this
+    process) and when its processes start (the environment they inherit)."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def start_ray(tuner: TunerConfig) -> dict[str, float]:
     """Start (or join) Ray once per process and check the study fits in its resources."""
     check_ray_address(tuner.ray_address)
@@ -38,6 +49,7 @@ def start_ray(tuner: TunerConfig) -> dict[str, float]:
         if tuner.ray_address:
             ray.init(address=tuner.ray_address, **kwargs)
         else:
+            _local_only()
             ray.init(num_cpus=os.cpu_count(), **kwargs)
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)

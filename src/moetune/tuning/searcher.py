@@ -1,23 +1,30 @@
-"""The searcher of a study: Optuna's sampler (chosen by config, Hydra ``_target_``) inside Ray Tune's
-OptunaSearch, every trial given its own seed, at most ``tuner.concurrency`` trials at once."""
+"""A study's Optuna sampler (chosen by config, Hydra ``_target_``), driven by ask and tell.
+
+Trial n's setting is drawn by the sampler seeded with ``sampler_seed(study seed, n)`` over the trials told
+so far: with a random sampler it depends on the seed and n only, whether the study ran alone, beside
+other studies, or was resumed after a kill; a model-based sampler (TPE) also sees the finished trials,
+which a resumed study rebuilds from its ledger."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import optuna
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.optuna import OptunaSearch
 
-from moetune.config import StudyConfig, trial_seed
+from moetune.config import StudyConfig, sampler_seed
 from moetune.errors import ConfigError
+from moetune.tracking import LedgerEntry
 from moetune.tuning.search_space import Space
 
 
-def build_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+def build_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     """The sampler config's ``_target_`` instantiated (conf/sampler/<name>.yaml); anything else is a ConfigError."""
+    overrides = {"seed": seed} if seed is not None and "seed" in config.sampler else {}
     try:
-        sampler = instantiate(config.sampler)
+        sampler = instantiate(config.sampler, **overrides)
     except InstantiationException as exc:
         raise ConfigError(f"sampler: {str(exc).strip().splitlines()[0]}; see conf/sampler/ for examples") from None
     if not isinstance(sampler, optuna.samplers.BaseSampler):
@@ -25,48 +32,56 @@ def build_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     return sampler
 
 
-class SeededTrials(Searcher):
-    """Gives every suggested trial its own seed, train.seed = trial_seed(study seed, trial number).
-
-    The seed travels in the trial's config, so it is logged with the sampled parameters and a re-run of
-    the trial with them reproduces it; the count of suggestions is saved with the searcher on resume."""
-
-    def __init__(self, searcher: Searcher, study_seed: int):
-        self.searcher, self.study_seed, self.suggested = searcher, study_seed, 0
-        super().__init__(metric=searcher.metric, mode=searcher.mode)
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
-
-    def suggest(self, trial_id: str):
-        config = self.searcher.suggest(trial_id)
-        if config is None or config == Searcher.FINISHED:
-            return config
-        config = {**config, "train.seed": trial_seed(self.study_seed, self.suggested)}
-        self.suggested += 1
-        return config
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.searcher.on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        self.searcher.on_trial_complete(trial_id, result=result, error=error)
-
-    # Ray saves a wrapper's own state (get_state) beside its base searcher's (save), and restores both
-    def get_state(self) -> dict:
-        return {"study_seed": self.study_seed, "suggested": self.suggested}
-
-    def set_state(self, state: dict) -> None:
-        self.study_seed, self.suggested = state["study_seed"], state["suggested"]
-
-    def save(self, checkpoint_path: str) -> None:
-        self.searcher.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.searcher.restore(checkpoint_path)
+def _typed(value: Any, distribution: optuna.distributions.BaseDistribution) -> Any:
+    """A sampled value back from JSON: categorical tuples came back as lists."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution) and isinstance(value, list):
+        return tuple(value)
+    return value
 
 
-def make_searcher(config: StudyConfig, space: Space) -> ConcurrencyLimiter:
-    tuner = config.tuner
-    search = OptunaSearch(space=space, metric=tuner.metric, mode=tuner.mode, sampler=build_sampler(config))
-    return ConcurrencyLimiter(SeededTrials(search, config.seed), max_concurrent=tuner.concurrency)
+class StudySampler:
+    """One study's sampler state: an in-memory Optuna study told every ended trial."""
+
+    def __init__(self, config: StudyConfig, space: Space):
+        self.config, self.space = config, space
+        direction = "minimize" if config.tuner.mode == "min" else "maximize"
+        self.study = optuna.create_study(direction=direction, sampler=build_sampler(config))
+        self.asked: dict[int, optuna.trial.Trial] = {}
+
+    @property
+    def selection(self) -> str:
+        return "best_" + self.config.tuner.metric
+
+    def replay(self, ledger: list[LedgerEntry]) -> None:
+        """Tell the sampler the trials a ledger holds (a resumed study), oldest first."""
+        for entry in ledger:
+            try:
+                params = {k: _typed(entry.sampled[k], d) for k, d in self.space.items()}
+                value = entry.metrics.get(self.selection)
+                ok = entry.status == "FINISHED" and value is not None and math.isfinite(value)
+                self.study.add_trial(
+                    optuna.trial.create_trial(
+                        params=params,
+                        distributions=self.space,
+                        value=value if ok else None,
+                        state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+                    )
+                )
+            except (KeyError, ValueError):
+                continue  # recorded under another search space: not history for this one
+
+    def ask(self, number: int) -> dict[str, Any]:
+        self.study.sampler = build_sampler(self.config, sampler_seed(self.config.seed, number))
+        trial = self.study.ask(self.space)
+        self.asked[number] = trial
+        return dict(trial.params)
+
+    def tell(self, number: int, value: float | None) -> None:
+        """A FINISHED trial's selection value; None (a failure) is told as a failed trial."""
+        trial = self.asked.pop(number, None)
+        if trial is None:
+            return
+        if value is not None and math.isfinite(value):
+            self.study.tell(trial, value)
+        else:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -14,6 +14,8 @@ from moetune.contract import EpochReport
 from moetune.data import MultiTaskData, load_dataset
 from moetune.training import Trainer
 
+STUDY, NUMBER = "moetune.study", "moetune.trial"  # keys of a trial's config naming its study and number
+
 _DATA_CACHE: dict[str, MultiTaskData] = {}
 
 
@@ -26,8 +28,10 @@ def cached_dataset(params: dict) -> MultiTaskData:
     return _DATA_CACHE[key]
 
 
-def run_trial(sampled: dict[str, Any], study: StudyConfig) -> None:
-    """Train one sampled configuration: an EpochReport every epoch, then the FinalReport."""
+def run_trial(trial_config: dict[str, Any], studies: dict[str, StudyConfig]) -> None:
+    """Train one sampled configuration of its study: an EpochReport every epoch, then the FinalReport."""
+    study = studies[trial_config[STUDY]]
+    sampled = {k: v for k, v in trial_config.items() if k not in (STUDY, NUMBER)}
     torch.set_num_threads(max(1, int(study.tuner.cpus_per_trial)))
     config = study.for_trial(sampled)
     selection = study.tuner.metric

@@ -1,0 +1,326 @@
+"""The sweep driver: every study of a multirun at once on one Ray instance, one Tune run.
+
+Each study keeps its own Optuna sampler and seed (moetune.tuning.searcher), its own record (its MLflow
+parent run) and its own budget of n_trials; a free slot goes to the study with the smallest share of its
+budget started. The tracking store is the ledger: a trial's record is written before it runs and when it
+ends, so a driver killed at any point is resumed by running the same command again (cut-off attempts
+are run again, nothing is trained twice once recorded). One driver holds a sweep at a time (its lock
+is in the store). Everything is validated before Ray starts: bad input costs seconds and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from ray import tune
+from ray.tune.search import Searcher
+
+from moetune.config import StudyConfig, check_tasks, trial_seed, weights_label
+from moetune.contract import EpochReport, FinalReport, Outcome, outcome_of, parse_report
+from moetune.data import MultiTaskData, load_dataset
+from moetune.errors import ConfigError
+from moetune.moe import MMoE
+from moetune.tracking import StudyRecord, Tracking
+from moetune.tracking import tags as T
+from moetune.tuning.callback import RecordingCallback, SweepSearcher, live
+from moetune.tuning.hydra_config import load_study
+from moetune.tuning.progress import StudyProgress, SweepProgress
+from moetune.tuning.ray_runtime import start_ray
+from moetune.tuning.search_space import Space
+from moetune.tuning.searcher import StudySampler, build_sampler
+from moetune.tuning.trial import NUMBER, STUDY, run_trial
+
+# settings of the sweep as a whole: every study of a multirun must agree on them
+SWEEP_SETTINGS = ("sweep", "tracking", "tuner.concurrency", "tuner.cpus_per_trial", "tuner.gpus_per_trial")
+SWEEP_SETTINGS_RAY = "tuner.ray_address"
+
+
+@dataclasses.dataclass
+class PlannedStudy:
+    """A study validated on the driver, before anything is written or started."""
+
+    config: StudyConfig
+    space: Space
+    config_yaml: str
+
+    @property
+    def key(self) -> str:
+        return self.config.study_key
+
+
+class SweepInterrupted(Exception):
+    """The sweep stopped before every study had its trials: a signal, or trials cut off."""
+
+    def __init__(self, sweep: str, done: int, total: int, signum: int):
+        self.sweep, self.done, self.total, self.signum = sweep, done, total, signum
+        super().__init__(f"sweep {sweep} stopped with {done}/{total} trials done")
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signum == signal.SIGTERM else 130
+
+
+def _absolute_paths(config: StudyConfig) -> StudyConfig:
+    """Trial workers may run on other machines or folders: send the dataset's paths absolute."""
+    dataset = dict(config.dataset)
+    for key in ("path", "cache_dir"):
+        if isinstance(dataset.get(key), str):
+            dataset[key] = str(Path(dataset[key]).expanduser().resolve())
+    return dataclasses.replace(config, dataset=dataset)
+
+
+def plan_study(cfg: DictConfig, datasets: dict[str, MultiTaskData] | None = None) -> PlannedStudy:
+    """Validate one composed job config: types and ranges, search space, sampler, data, and the model
+    built once on the CPU (catches a gate or expert that does not fit the data)."""
+    config, space = load_study(cfg)
+    config = _absolute_paths(config)
+    datasets = {} if datasets is None else datasets
+    data_key = json.dumps(config.dataset, sort_keys=True, default=str)
+    if data_key not in datasets:
+        datasets[data_key] = load_dataset(**config.dataset)
+    data = datasets[data_key]
+    check_tasks(config, len(data.tasks))
+    trial = config.for_trial()
+    MMoE(data, trial.model, trial.gate, trial.local_search)
+    build_sampler(config)
+    return PlannedStudy(config, space, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _setting(config: StudyConfig, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def check_sweep(plans: list[PlannedStudy]) -> None:
+    """One driver runs the studies together: they must be distinct and agree on the sweep's settings."""
+    keys = [p.key for p in plans]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ConfigError(f"the multirun names study {repeated[0]} more than once; sweep a setting that changes it")
+    for name in (*SWEEP_SETTINGS, SWEEP_SETTINGS_RAY):
+        values = {json.dumps(_setting(p.config, name), sort_keys=True, default=str) for p in plans}
+        if len(values) > 1:
+            raise ConfigError(
+                f"{name} is a setting of the whole sweep, but its studies differ ({', '.join(sorted(values))}); "
+                "run them as separate sweeps"
+            )
+
+
+def check_folder_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {folder} is not writable ({exc.strerror}); fix its permissions or choose another"
+        ) from None
+
+
+def study_tags(config: StudyConfig) -> dict[str, str]:
+    return {
+        T.GATE: config.gate.name,
+        T.LOCAL_SEARCH: config.local_search.name,
+        T.DATASET: config.dataset["name"],
+        T.TASK_WEIGHTS: weights_label(config.train.task_weights),
+        T.SAMPLER: config.sampler_name,
+        T.SEED: str(config.seed),
+        T.SWEEP: config.sweep.name,
+        T.HEADLINE_METRIC: "test_" + config.tuner.metric.removeprefix("val_"),
+    }
+
+
+class LiveStudy:
+    """One study inside a running driver: its record, sampler, and the trial numbers still to run."""
+
+    def __init__(self, plan: PlannedStudy, record: StudyRecord):
+        self.plan, self.config, self.record = plan, plan.config, record
+        ledger = record.ledger()
+        self.sampler = StudySampler(plan.config, plan.space)
+        self.sampler.replay(ledger)
+        done = {entry.number for entry in ledger}
+        self.todo = [n for n in range(self.config.tuner.n_trials) if n not in done]
+        self.running: set[int] = set()
+        values = [e.metrics.get(self.sampler.selection) for e in ledger if e.status == "FINISHED"]
+        finite = [v for v in values if v is not None]
+        best = (min if self.config.tuner.mode == "min" else max)(finite) if finite else None
+        failed = sum(e.status == "FAILED" for e in ledger)
+        self.progress = StudyProgress(
+            plan.key, self.config.tuner.n_trials, self.config.tuner.metric, len(done), failed, best, len(done)
+        )
+
+    @property
+    def share_started(self) -> float:
+        n = self.config.tuner.n_trials
+        return (n - len(self.todo)) / n
+
+    def summary(self) -> dict[str, Any]:
+        finished, failed = self.record.counts()
+        summary: dict[str, Any] = {"trials_finished": finished, "trials_failed": failed}
+        if self.progress.best is not None:
+            summary["best_" + self.config.tuner.metric] = self.progress.best
+        return summary
+
+    @property
+    def complete(self) -> bool:
+        return sum(self.record.counts()) >= self.config.tuner.n_trials
+
+
+class Driver:
+    """The live sweep Tune's hooks call into (moetune.tuning.callback)."""
+
+    def __init__(self, studies: list[LiveStudy]):
+        self.studies = {s.plan.key: s for s in studies}
+        self.attempts: dict[str, tuple[LiveStudy, int]] = {}  # Tune's trial id -> (study, trial number)
+        self.progress = SweepProgress([s.progress for s in studies])
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
+        waiting = [s for s in self.studies.values() if s.todo]
+        if not waiting:
+            return Searcher.FINISHED
+        study = min(waiting, key=lambda s: s.share_started)
+        number = study.todo.pop(0)
+        sampled = study.sampler.ask(number)
+        seed = trial_seed(study.config.seed, number)
+        logged = {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items()}
+        study.record.start_trial(number, {**logged, "train.seed": seed}, logged, trial_id)
+        study.running.add(number)
+        self.attempts[trial_id] = (study, number)
+        return {STUDY: study.plan.key, NUMBER: number, **sampled, "train.seed": seed}
+
+    def on_trial_start(self, trial_id: str, config: dict[str, Any]) -> None:
+        pass  # recorded when suggested, before Tune starts it
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        report = parse_report(result)
+        if isinstance(report, EpochReport) and trial_id in self.attempts:
+            study, number = self.attempts[trial_id]
+            study.record.log_epoch(number, report)
+
+    def on_trial_end(self, trial_id: str, last_result: dict | None, error: str | None) -> None:
+        """Record the trial's one outcome; a STOPPED one (interrupted) stays open and is closed KILLED."""
+        if trial_id not in self.attempts:
+            return
+        study, number = self.attempts.pop(trial_id)
+        study.running.discard(number)
+        outcome = outcome_of(last_result, error)
+        if outcome is Outcome.STOPPED:
+            return
+        final = parse_report(last_result) if outcome is Outcome.FINISHED else None
+        final = final if isinstance(final, FinalReport) else None
+        study.record.end_trial(number, outcome, final, error)
+        value = final.metrics.get(study.sampler.selection) if final is not None else None
+        study.sampler.tell(number, value)
+        if error is not None:
+            self.progress.message(f"[{study.plan.key}] trial-{number:03d} FAILED: {error}")
+        self.progress.trial_ended(study.plan.key, outcome is Outcome.FAILED, value, study.config.tuner.mode)
+
+    def on_step(self) -> None:
+        self.progress.tick()
+
+
+class StopSignals:
+    """SIGTERM and SIGHUP stop the sweep as Ctrl-C does (Tune stops its trials, the driver closes the
+    records), so a scheduler's or ``docker stop``'s SIGTERM gets a clean exit and a resume command."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int = signal.SIGINT
+        self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        on_interrupt = signal.getsignal(signal.SIGINT)
+        if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
+            on_interrupt(signal.SIGINT, frame)  # Tune's handler: stop the trials, then return from fit
+        else:
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        """(Again after Ray starts: ray.init sets its own SIGTERM handler, which exits mid-call.)"""
+        for s in self.SIGNALS:
+            signal.signal(s, self._handle)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def run_sweep(plans: list[PlannedStudy], sweep_dir: Path) -> list[dict[str, Any]]:
+    """Run (or resume) every planned study at once. Returns each study's summary; raises SweepInterrupted
+    when stopped early, ConfigError or SweepLockedError before anything starts."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_sweep(plans)
+    first = plans[0].config
+    tracking: Tracking = instantiate(dataclasses.asdict(first.tracking))
+    tracking.check(writable=True)
+    check_folder_writable(sweep_dir, "output folder")
+    signals = StopSignals()
+    signals.install()
+    studies: list[LiveStudy] = []
+    try:
+        with tracking.lock_sweep():
+            for plan in plans:
+                space = {k: str(v) for k, v in plan.space.items()}
+                record = tracking.open_study(plan.key, study_tags(plan.config), space, plan.config_yaml)
+                studies.append(LiveStudy(plan, record))
+            try:
+                if any(s.todo for s in studies):
+                    _fit(studies, first, sweep_dir, signals)
+            finally:
+                for study in studies:
+                    study.record.close(study.summary(), study.complete)
+    finally:
+        signals.restore()
+    done = sum(sum(s.record.counts()) for s in studies)
+    total = sum(s.config.tuner.n_trials for s in studies)
+    if done < total:
+        raise SweepInterrupted(first.sweep.name, done, total, signals.received)
+    return [{"study": s.plan.key, **s.summary()} for s in studies]
+
+
+def _fit(studies: list[LiveStudy], first: StudyConfig, sweep_dir: Path, signals: StopSignals) -> None:
+    tuner_cfg = first.tuner
+    start_ray(tuner_cfg)
+    signals.install()
+    driver = Driver(studies)
+    total = sum(s.config.tuner.n_trials for s in studies)
+    todo = sum(len(s.todo) for s in studies)
+    print(
+        f"sweep {first.sweep.name}: {len(studies)} studies, {total - todo}/{total} trials done, "
+        f"{tuner_cfg.concurrency} at a time",
+        flush=True,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, studies={s.plan.key: s.config for s in studies}),
+        {"cpu": tuner_cfg.cpus_per_trial, "gpu": tuner_cfg.gpus_per_trial},
+    )
+    name = first.sweep.name
+    tune_config = tune.TuneConfig(
+        search_alg=SweepSearcher(name), num_samples=-1, reuse_actors=True, max_concurrent_trials=tuner_cfg.concurrency
+    )
+    # a fresh Tune run per driver: the ledger is the tracking store, never Tune's saved state
+    run_config = tune.RunConfig(
+        name=f"driver-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        storage_path=str((sweep_dir / "ray").resolve()),
+        callbacks=[RecordingCallback(name)],
+        verbose=0,
+    )
+    try:
+        with live(name, driver):
+            tune.Tuner(trainable, tune_config=tune_config, run_config=run_config).fit()
+    finally:
+        driver.progress.close()
