@@ -223,7 +223,7 @@ def test_interrupted_sweep_resumes_without_duplicates(workdir):
     while time.time() < deadline and proc.poll() is None:
         try:
             finished_before = {
-                r.data.tags[T.TRIAL_ID] for r in runs_of(client, "resume", T.TRIAL) if r.info.status == "FINISHED"
+                r.data.tags[T.TRIAL_INDEX] for r in runs_of(client, "resume", T.TRIAL) if r.info.status == "FINISHED"
             }
         except (AssertionError, Exception):
             finished_before = set()
@@ -239,7 +239,9 @@ def test_interrupted_sweep_resumes_without_duplicates(workdir):
     after_interrupt = runs_of(client, "resume", T.TRIAL)
     assert not [r for r in after_interrupt if r.info.status == "RUNNING"], "runs left RUNNING after Ctrl-C"
     assert runs_of(client, "resume", T.STUDY)[0].info.status == "KILLED"
-    finished_before = {r.data.tags[T.TRIAL_ID]: r.info.run_id for r in after_interrupt if r.info.status == "FINISHED"}
+    finished_before = {
+        r.data.tags[T.TRIAL_INDEX]: r.info.run_id for r in after_interrupt if r.info.status == "FINISHED"
+    }
     assert 1 <= len(finished_before) < 5
 
     proc = run_cli(workdir, *args)
@@ -249,9 +251,9 @@ def test_interrupted_sweep_resumes_without_duplicates(workdir):
     assert sorted(int(r.data.tags[T.TRIAL_INDEX]) for r in trials) == list(range(5))
     # the resumed searcher goes on numbering trials: five trials, five seeds, none drawn twice
     assert {int(r.data.params["train.seed"]) for r in trials} == {trial_seed(0, n) for n in range(5)}
-    by_trial = {r.data.tags[T.TRIAL_ID]: r.info.run_id for r in trials}
-    for trial_id, run_id in finished_before.items():
-        assert by_trial[trial_id] == run_id, "a finished trial was re-run"
+    by_number = {r.data.tags[T.TRIAL_INDEX]: r.info.run_id for r in trials}
+    for number, run_id in finished_before.items():
+        assert by_number[number] == run_id, "a finished trial was re-run"
     study = runs_of(client, "resume", T.STUDY)
     assert len(study) == 1 and study[0].info.status == "FINISHED"
     assert study[0].data.metrics["trials_finished"] == 5

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,31 @@ def run_job(cfg: DictConfig) -> None:
     run_sweep_or_exit([cfg], sweep_dir)
 
 
+class CheckOutputFolder(HydraCallback):
+    """Before Hydra creates the output folder (and writes its config there): an unwritable one is one
+    line and exit 2, not a traceback."""
+
+    @staticmethod
+    def _check(folder: Path) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+                pass
+        except OSError as exc:
+            print(
+                f"error: output folder {folder} is not writable ({exc.strerror}); fix its permissions "
+                "or run from another folder",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(Path(config.hydra.sweep.dir))
+
+
 class ExportOnMultirunEnd(HydraCallback):
     """At the end of a multirun, write the sweep's budget-vs-quality curves (moetune export) and print the
     answer; when the export cannot run, say why and how to run it, and exit non-zero."""
@@ -66,11 +92,17 @@ class ExportOnMultirunEnd(HydraCallback):
         from hydra.utils import instantiate
 
         from moetune.report import export_sweep, print_answer
+        from moetune.tuning.signals import StopSignals
 
         out = Path(config.hydra.sweep.dir) / "export"
         experiment, uri = config.tracking.experiment, config.tracking.uri
+        signals = StopSignals()
         try:
-            print_answer(export_sweep(instantiate(config.tracking), experiment, out))
+            with signals:
+                print_answer(export_sweep(instantiate(config.tracking), experiment, out))
+        except KeyboardInterrupt:  # the export writes into a temp folder: nothing half-written is left
+            print(f"interrupted: the export stopped; resume with: {resume_command(config.sweep.name)}", file=sys.stderr)
+            sys.exit(signals.exit_code)
         except MoetuneError as exc:
             print(
                 f"error: export failed: {exc}\n  once fixed: moetune export --experiment {experiment} "

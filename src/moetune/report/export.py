@@ -40,6 +40,18 @@ class Export:
         return next(iter(self.files.values())).parent
 
 
+def _remove_abandoned(out: Path) -> None:
+    """Temp folders of exports whose process died (killed mid-export): named .export-<pid>-*."""
+    for folder in out.glob(".export-*"):
+        pid = folder.name.split("-")[1]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 def export_sweep(
     tracking: str | Tracking,
     experiment_name: str,
@@ -69,7 +81,8 @@ def export_sweep(
     out = Path(out_dir) if out_dir is not None else Path("sweeps") / experiment_name / "export"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+        _remove_abandoned(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out))
     except OSError as exc:
         raise ConfigError(f"cannot write the export to {out} ({exc.strerror}); pass --out <writable folder>") from None
     try:

@@ -11,7 +11,9 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -73,6 +75,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _check_sqlite_writable(uri: str, db: Path) -> None:
+    """Try the writes sqlite needs (a file beside the database for its journal, a write lock on the
+    database itself), so a read-only store fails before any work, not minutes into a sweep."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=db.parent, prefix=".write-check-"):
+            pass
+        if db.exists():
+            connection = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30)
+            try:  # sqlite opens a write-protected file read-only without a word: try a write, rolled back
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("CREATE TABLE moetune_write_check (x INTEGER)")
+                connection.rollback()
+            finally:
+                connection.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"tracking.uri {uri!r} is not writable ({exc}); fix the permissions of {db} and its folder "
+            "or set tracking.uri"
+        ) from None
+
+
 class MlflowTracking(Tracking):
     def __init__(self, uri: str, artifact_root: str = "mlruns/artifacts", experiment: str = "moetune") -> None:
         self.uri, self.artifact_root, self.experiment = uri, artifact_root, experiment
@@ -102,11 +125,8 @@ class MlflowTracking(Tracking):
                 raise ConfigError(
                     f"tracking.uri {uri!r}: folder {db.parent} does not exist; create it or set tracking.uri"
                 )
-            if writable and not (os.access(db.parent, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))):
-                raise ConfigError(
-                    f"tracking.uri {uri!r}: {db if db.exists() else db.parent} is not writable; "
-                    "fix its permissions or set tracking.uri"
-                )
+            if writable:
+                _check_sqlite_writable(uri, db)
         elif parsed.scheme in ("http", "https"):
             try:
                 urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)

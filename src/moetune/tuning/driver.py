@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from moetune.tuning.progress import StudyProgress, SweepProgress
 from moetune.tuning.ray_runtime import start_ray
 from moetune.tuning.search_space import Space
 from moetune.tuning.searcher import StudySampler, build_sampler
+from moetune.tuning.signals import StopSignals
 from moetune.tuning.trial import NUMBER, STUDY, run_trial
 
 # settings of the sweep as a whole: every study of a multirun must agree on them
@@ -61,13 +60,9 @@ class PlannedStudy:
 class SweepInterrupted(Exception):
     """The sweep stopped before every study had its trials: a signal, or trials cut off."""
 
-    def __init__(self, sweep: str, done: int, total: int, signum: int):
-        self.sweep, self.done, self.total, self.signum = sweep, done, total, signum
+    def __init__(self, sweep: str, done: int, total: int, exit_code: int):
+        self.sweep, self.done, self.total, self.exit_code = sweep, done, total, exit_code
         super().__init__(f"sweep {sweep} stopped with {done}/{total} trials done")
-
-    @property
-    def exit_code(self) -> int:
-        return 143 if self.signum == signal.SIGTERM else 130
 
 
 def _absolute_paths(config: StudyConfig) -> StudyConfig:
@@ -116,17 +111,6 @@ def check_sweep(plans: list[PlannedStudy]) -> None:
                 f"{name} is a setting of the whole sweep, but its studies differ ({', '.join(sorted(values))}); "
                 "run them as separate sweeps"
             )
-
-
-def check_folder_writable(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"{what} {folder} is not writable ({exc.strerror}); fix its permissions or choose another"
-        ) from None
 
 
 def study_tags(config: StudyConfig) -> dict[str, str]:
@@ -231,34 +215,6 @@ class Driver:
         self.progress.tick()
 
 
-class StopSignals:
-    """SIGTERM and SIGHUP stop the sweep as Ctrl-C does (Tune stops its trials, the driver closes the
-    records), so a scheduler's or ``docker stop``'s SIGTERM gets a clean exit and a resume command."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.received: int = signal.SIGINT
-        self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-        on_interrupt = signal.getsignal(signal.SIGINT)
-        if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
-            on_interrupt(signal.SIGINT, frame)  # Tune's handler: stop the trials, then return from fit
-        else:
-            raise KeyboardInterrupt
-
-    def install(self) -> None:
-        """(Again after Ray starts: ray.init sets its own SIGTERM handler, which exits mid-call.)"""
-        for s in self.SIGNALS:
-            signal.signal(s, self._handle)
-
-    def restore(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
 def run_sweep(plans: list[PlannedStudy], sweep_dir: Path) -> list[dict[str, Any]]:
     """Run (or resume) every planned study at once. Returns each study's summary; raises SweepInterrupted
     when stopped early, ConfigError or SweepLockedError before anything starts."""
@@ -266,29 +222,25 @@ def run_sweep(plans: list[PlannedStudy], sweep_dir: Path) -> list[dict[str, Any]
     check_sweep(plans)
     first = plans[0].config
     tracking: Tracking = instantiate(dataclasses.asdict(first.tracking))
-    tracking.check(writable=True)
-    check_folder_writable(sweep_dir, "output folder")
-    signals = StopSignals()
-    signals.install()
+    tracking.check(writable=True)  # the output folder was checked before Hydra wrote to it (CheckOutputFolder)
     studies: list[LiveStudy] = []
-    try:
-        with tracking.lock_sweep():
+    with StopSignals() as signals, tracking.lock_sweep():
+        try:
             for plan in plans:
                 space = {k: str(v) for k, v in plan.space.items()}
                 record = tracking.open_study(plan.key, study_tags(plan.config), space, plan.config_yaml)
                 studies.append(LiveStudy(plan, record))
-            try:
-                if any(s.todo for s in studies):
-                    _fit(studies, first, sweep_dir, signals)
-            finally:
-                for study in studies:
-                    study.record.close(study.summary(), study.complete)
-    finally:
-        signals.restore()
+            if any(s.todo for s in studies):
+                _fit(studies, first, sweep_dir, signals)
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C, or a signal outside the fit: the records are closed all the same
+        finally:
+            for study in studies:
+                study.record.close(study.summary(), study.complete)
     done = sum(sum(s.record.counts()) for s in studies)
     total = sum(s.config.tuner.n_trials for s in studies)
     if done < total:
-        raise SweepInterrupted(first.sweep.name, done, total, signals.received)
+        raise SweepInterrupted(first.sweep.name, done, total, signals.exit_code)
     return [{"study": s.plan.key, **s.summary()} for s in studies]
 
 
