@@ -146,8 +146,9 @@ def test_sweep_stopped_at_every_stage_ends_with_exactly_n_trials(workdir, stop):
     sweep = Sweep(workdir, "chaos")
     export = workdir / "sweeps" / "chaos" / "export"
     stages = {
-        "before any trial ends": lambda: "RUNNING" in sweep.trial_statuses()
-        and "FINISHED" not in sweep.trial_statuses(),
+        "before any trial ends": lambda: (
+            "RUNNING" in sweep.trial_statuses() and "FINISHED" not in sweep.trial_statuses()
+        ),
         "mid-study": lambda: 2 <= sweep.trial_statuses().count("FINISHED") < STUDIES * N_TRIALS - 4,
         "between studies": lambda: _some_study_complete_but_not_all(sweep),
         "during the export": lambda: export.is_dir(),

@@ -33,7 +33,7 @@ from moetune.tracking import tags as T
 from moetune.tuning.callback import RecordingCallback, SweepSearcher, live
 from moetune.tuning.hydra_config import load_study
 from moetune.tuning.progress import StudyProgress, SweepProgress
-from moetune.tuning.ray_runtime import start_ray
+from moetune.tuning.ray_runtime import check_fits, check_ray_address, local_resources, start_ray
 from moetune.tuning.search_space import Space
 from moetune.tuning.searcher import StudySampler, build_sampler
 from moetune.tuning.signals import StopSignals
@@ -223,6 +223,10 @@ def run_sweep(plans: list[PlannedStudy], sweep_dir: Path) -> list[dict[str, Any]
     first = plans[0].config
     tracking: Tracking = instantiate(dataclasses.asdict(first.tracking))
     tracking.check(writable=True)  # the output folder was checked before Hydra wrote to it (CheckOutputFolder)
+    if first.tuner.ray_address:
+        check_ray_address(first.tuner.ray_address)
+    else:
+        check_fits(first.tuner, local_resources())
     studies: list[LiveStudy] = []
     with StopSignals() as signals, tracking.lock_sweep():
         try:

@@ -38,8 +38,27 @@ def _local_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def local_resources() -> dict[str, float]:
+    """What a Ray instance moetune starts on this machine gets: every CPU, every CUDA GPU torch sees."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_fits(tuner: TunerConfig, resources: dict[str, float]) -> None:
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    need_cpu = tuner.concurrency * tuner.cpus_per_trial
+    need_gpu = tuner.concurrency * tuner.gpus_per_trial
+    if need_cpu > cpus or need_gpu > gpus:
+        raise ConfigError(
+            f"tuner.concurrency={tuner.concurrency} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
+            f"but Ray has {cpus:g} CPUs and {gpus:g} GPUs; lower tuner.concurrency or the per-trial resources"
+        )
+
+
 def start_ray(tuner: TunerConfig) -> dict[str, float]:
-    """Start (or join) Ray once per process and check the study fits in its resources."""
+    """Start (or join) Ray once per process and check the sweep fits in its resources (a local instance's
+    were checked before anything was written, with ``local_resources``; a cluster's are known once joined)."""
     check_ray_address(tuner.ray_address)
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -50,14 +69,8 @@ def start_ray(tuner: TunerConfig) -> dict[str, float]:
             ray.init(address=tuner.ray_address, **kwargs)
         else:
             _local_only()
-            ray.init(num_cpus=os.cpu_count(), **kwargs)
+            resources = local_resources()
+            ray.init(num_cpus=int(resources["CPU"]), num_gpus=int(resources["GPU"]), **kwargs)
     resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
-    need_cpu = tuner.concurrency * tuner.cpus_per_trial
-    need_gpu = tuner.concurrency * tuner.gpus_per_trial
-    if need_cpu > cpus or need_gpu > gpus:
-        raise ConfigError(
-            f"tuner.concurrency={tuner.concurrency} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
-            f"but Ray has {cpus:g} CPUs and {gpus:g} GPUs; lower tuner.concurrency or the per-trial resources"
-        )
+    check_fits(tuner, resources)
     return resources
