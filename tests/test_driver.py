@@ -244,3 +244,41 @@ def test_unwritable_store_or_output_folder_is_one_line_before_ray_starts(workdir
     assert "Traceback" not in proc.stderr and "Ray" not in proc.stdout + proc.stderr
     assert time.time() - started < 30
     assert not (workdir / "sweeps" / "readonly" / "ray").exists(), "Ray started before the check"
+
+
+def test_live_view_redraws_one_line_per_study_on_a_terminal(workdir):
+    """On a terminal the studies' lines are redrawn in place (tqdm), not printed once per trial."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    (workdir / "mlruns").mkdir()
+    args = ["-m", "gate=topk,hash", "tuner.n_trials=3", "train.max_epochs=2", "dataset.n_samples=600"]
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a 160-column terminal
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args, "sweep.name=tty"],
+        cwd=workdir,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=300) == 0
+    os.close(primary)
+    out = b"".join(chunks).decode(errors="replace")
+    assert "\r" in out and "\x1b[A" in out, out[-2000:]  # redrawn in place, cursor moved up between lines
+    for key in ("topk-ls_off-synthetic-seed0", "hash-ls_off-synthetic-seed0"):
+        assert re.search(re.escape(key) + r" .*3/3, 0 failed, best val_loss \d", out), out[-3000:]
+    assert not re.search(r"\] \d+/3 trials done", out)  # the plain per-study lines are for logs only

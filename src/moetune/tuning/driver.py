@@ -252,7 +252,6 @@ def _fit(studies: list[LiveStudy], first: StudyConfig, sweep_dir: Path, signals:
     tuner_cfg = first.tuner
     start_ray(tuner_cfg)
     signals.install()
-    driver = Driver(studies)
     total = sum(s.config.tuner.n_trials for s in studies)
     todo = sum(len(s.todo) for s in studies)
     print(
@@ -260,6 +259,7 @@ def _fit(studies: list[LiveStudy], first: StudyConfig, sweep_dir: Path, signals:
         f"{tuner_cfg.concurrency} at a time",
         flush=True,
     )
+    driver = Driver(studies)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, studies={s.plan.key: s.config for s in studies}),
         {"cpu": tuner_cfg.cpus_per_trial, "gpu": tuner_cfg.gpus_per_trial},

@@ -56,7 +56,7 @@ class SweepProgress:
                     position=position,
                     file=self.stream,
                     dynamic_ncols=True,
-                    bar_format="{desc} {bar:20} {n_fmt}/{total_fmt} {postfix}",
+                    bar_format="{desc} {bar:20} {n_fmt}/{total_fmt}{postfix}",  # tqdm puts ", " before the postfix
                 )
                 self._redraw(study)
 
