@@ -282,3 +282,14 @@ def test_live_view_redraws_one_line_per_study_on_a_terminal(workdir):
     for key in ("topk-ls_off-synthetic-seed0", "hash-ls_off-synthetic-seed0"):
         assert re.search(re.escape(key) + r" .*3/3, 0 failed, best val_loss \d", out), out[-3000:]
     assert not re.search(r"\] \d+/3 trials done", out)  # the plain per-study lines are for logs only
+
+
+def test_a_sweep_setting_that_differs_between_studies_is_one_line(workdir):
+    proc = run_cli(workdir, "-m", "gate=topk", "tuner.concurrency=1,2", "sweep.name=mixed", timeout=120)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: tuner.concurrency is a setting of the whole sweep, but its studies differ")
+    )
+    assert list((workdir / "mlruns").iterdir()) == []

@@ -40,8 +40,14 @@ from moetune.tuning.signals import StopSignals
 from moetune.tuning.trial import NUMBER, STUDY, run_trial
 
 # settings of the sweep as a whole: every study of a multirun must agree on them
-SWEEP_SETTINGS = ("sweep", "tracking", "tuner.concurrency", "tuner.cpus_per_trial", "tuner.gpus_per_trial")
-SWEEP_SETTINGS_RAY = "tuner.ray_address"
+SWEEP_SETTINGS = (
+    "sweep",
+    "tracking",
+    "tuner.concurrency",
+    "tuner.cpus_per_trial",
+    "tuner.gpus_per_trial",
+    "tuner.ray_address",
+)
 
 
 @dataclasses.dataclass
@@ -100,17 +106,17 @@ def _setting(config: StudyConfig, dotted: str) -> Any:
 
 def check_sweep(plans: list[PlannedStudy]) -> None:
     """One driver runs the studies together: they must be distinct and agree on the sweep's settings."""
-    keys = [p.key for p in plans]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-        raise ConfigError(f"the multirun names study {repeated[0]} more than once; sweep a setting that changes it")
-    for name in (*SWEEP_SETTINGS, SWEEP_SETTINGS_RAY):
+    for name in SWEEP_SETTINGS:
         values = {json.dumps(_setting(p.config, name), sort_keys=True, default=str) for p in plans}
         if len(values) > 1:
             raise ConfigError(
                 f"{name} is a setting of the whole sweep, but its studies differ ({', '.join(sorted(values))}); "
                 "run them as separate sweeps"
             )
+    keys = [p.key for p in plans]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ConfigError(f"the multirun names study {repeated[0]} more than once; sweep a setting that changes it")
 
 
 def study_tags(config: StudyConfig) -> dict[str, str]:
