@@ -173,6 +173,9 @@ def test_sweep_stopped_at_every_stage_ends_with_exactly_n_trials(workdir, stop):
     proc = sweep.start()
     assert proc.wait(timeout=300) == 0, sweep.output(proc)[-3000:]
     sweep.check_complete()
+    exp = sweep.client.get_experiment_by_name("chaos")
+    replaced = sweep.client.search_runs([exp.experiment_id], f"tags.`{T.ROLE}` = '{T.TRIAL}'", run_view_type=2)
+    print(f"{stop.name}: {STUDIES * N_TRIALS} trials recorded, {len(replaced)} cut-off attempts replaced")
 
 
 def test_second_driver_refuses_and_a_new_one_takes_over_after_kill_9(workdir):
