@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run lint test bench clean
+.PHONY: setup run lint test bench scale-out-demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+scale-out-demo: setup
+	# PostgreSQL + mlflow server + a two-node Ray cluster on this machine, a demo sweep, then all stopped
+	$(BIN)/python scripts/scale_out_demo.py
 
 bench: setup
 	$(BIN)/python bench/bench_moe_layer.py

@@ -52,6 +52,7 @@ HIGHER_IS_BETTER["loss"] = False
 TRAIN_LOSS = "train_loss"  # per epoch: task-weighted training loss
 VAL_LOSS = "val_loss"  # per epoch: task-weighted validation loss, what selects a trial
 BEST_EPOCH = "best_epoch"
+NODE = "node"  # diagnostics: the Ray node a trial ran on
 WALL_SECONDS = "wall_seconds"
 CPU_SECONDS = "cpu_seconds"
 ACTIVE_EXPERTS = "active_experts_mean"

@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 import moetune
-from moetune.contract import EpochReport, FinalReport, Outcome
+from moetune.contract import NODE, EpochReport, FinalReport, Outcome
 from moetune.errors import ConfigError, SweepLockedError
 from moetune.tracking import tags as T
 from moetune.tracking.base import (
@@ -100,6 +100,8 @@ class MlflowTracking(Tracking):
     def __init__(self, uri: str, artifact_root: str = "mlruns/artifacts", experiment: str = "moetune") -> None:
         self.uri, self.artifact_root, self.experiment = uri, artifact_root, experiment
         self._client: MlflowClient | None = None
+        # with a server, MLflow prints a "View run ... at" line per run ended: the browse hint says it once
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
     @property
     def client(self) -> MlflowClient:
@@ -149,7 +151,9 @@ class MlflowTracking(Tracking):
         """The sweep's experiment, created tagged for model training (MLflow's UI opens it on its runs)."""
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
-            location = (Path(self.artifact_root).resolve() / self.experiment).as_uri()
+            # a server keeps the artifacts it serves (--artifacts-destination); a local store, under artifact_root
+            served = urlparse(self.uri).scheme in ("http", "https")
+            location = None if served else (Path(self.artifact_root).resolve() / self.experiment).as_uri()
             experiment_id = self.client.create_experiment(
                 self.experiment, artifact_location=location, tags={T.EXPERIMENT_KIND: T.MODEL_TRAINING}
             )
@@ -339,6 +343,8 @@ class MlflowStudyRecord(StudyRecord):
             )
             if T.INIT_DIGEST in diagnostics:
                 tags.append(RunTag(T.INIT_DIGEST, diagnostics[T.INIT_DIGEST]))
+            if NODE in diagnostics:
+                tags.append(RunTag(T.NODE, str(diagnostics[NODE])))
             metrics = [Metric(k, float(v), now, 0) for k, v in final.metrics.items()]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
             self.client.log_dict(run_id, diagnostics, "diagnostics.json")

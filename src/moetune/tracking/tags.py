@@ -34,6 +34,7 @@ VERSION = "moetune.version"
 GIT_COMMIT = "moetune.git_commit"
 ERROR = "moetune.error"  # set on FAILED trials: the error's one-line message
 PERMUTATION = "permutation"  # the learned permutation of a local-search trial, as JSON
+NODE = "moetune.node"  # the Ray node a finished trial ran on
 INIT_DIGEST = "init_digest"  # fingerprint of the trial's initial weights
 EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment by its kind
 MODEL_TRAINING = "custom_model_development"

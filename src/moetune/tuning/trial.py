@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from moetune.config import StudyConfig
-from moetune.contract import EpochReport
+from moetune.contract import NODE, EpochReport
 from moetune.data import MultiTaskData, load_dataset
 from moetune.training import Trainer
 
@@ -37,4 +38,6 @@ def run_trial(trial_config: dict[str, Any], studies: dict[str, StudyConfig]) -> 
     selection = study.tuner.metric
     trainer = Trainer(cached_dataset(config.dataset), config.model, config.gate, config.local_search, config.train)
     result = trainer.fit(on_epoch=lambda epoch, metrics: tune.report(EpochReport(epoch, metrics).to_tune(selection)))
-    tune.report(result.report().to_tune(selection))
+    report = result.report()
+    report.diagnostics[NODE] = ray.get_runtime_context().get_node_id()  # where it ran, on a cluster
+    tune.report(report.to_tune(selection))
