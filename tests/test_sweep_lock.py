@@ -1,4 +1,4 @@
-"""The sweep lock on a real sqlite MLflow store, and stop signals (fast: no Ray, no sweep)."""
+"""The sweep lock on a real sqlite MLflow store, stop signals, and the resource check (fast: no Ray, no sweep)."""
 
 from __future__ import annotations
 
@@ -96,3 +96,14 @@ def test_stop_signal_goes_to_the_sigint_handler_in_force():
         assert calls == [signal.SIGINT] and signals.exit_code == 143
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_fractional_gpus_share_a_gpu_and_an_overfull_request_is_one_line():
+    from moetune.config import TunerConfig
+    from moetune.errors import ConfigError
+    from moetune.tuning.ray_runtime import check_fits
+
+    one_gpu = {"CPU": 16.0, "GPU": 1.0}
+    check_fits(TunerConfig(concurrency=4, cpus_per_trial=2, gpus_per_trial=0.25), one_gpu)  # four trials per GPU
+    with pytest.raises(ConfigError, match="needs 16 CPUs and 2 GPUs but Ray has 16 CPUs and 1 GPUs"):
+        check_fits(TunerConfig(concurrency=8, cpus_per_trial=2, gpus_per_trial=0.25), one_gpu)
