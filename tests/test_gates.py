@@ -84,7 +84,7 @@ def test_cardinality_at_most_k(name, n_experts):
         saturated = (pre.abs() >= gamma / 2).all(1)  # rows whose every smooth-step is exactly 0 or 1
         assert saturated.float().mean() > 0.9, "test setup: most rows should be saturated"
         w = run_gate(gate, x).weights[saturated]
-    elif name in ("topk", "hash"):
+    elif name in ("topk", "hash", "xmoe"):
         w = run_gate(gate, x).weights  # sparse always, no saturation needed
     else:
         pytest.fail(f"new sparse gate {name!r}: teach this test how to saturate it")
@@ -131,6 +131,27 @@ def test_gradients_reach_routing_parameters(name):
     ((out.weights * coefficients).sum() + out.aux_loss).backward()
     for pname, p in trainable:
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname} gets no gradient"
+
+
+def test_xmoe_routing_ignores_the_scale_of_its_input():
+    """Cosine scores: the routing input scaled by any positive factor routes and weighs the same."""
+    torch.manual_seed(6)
+    gate = make_gate("xmoe", 8, k=2)
+    x = torch.randn(BATCH, IN_DIM)
+    w = gate(x).weights
+    for scale in (1e-3, 0.5, 7.0, 1e4):
+        torch.testing.assert_close(gate(scale * x).weights, w, atol=1e-5, rtol=0)
+    assert not torch.allclose(gate(-x).weights, w), "a cosine router does see the direction"
+
+
+def test_xmoe_scores_are_cosines_over_the_learned_temperature():
+    torch.manual_seed(7)
+    gate = make_gate("xmoe", 6, k=2, temperature=0.5)
+    scores = gate.scores(torch.randn(BATCH, IN_DIM))
+    assert float(scores.abs().max()) <= 1 / 0.5 + 1e-5
+    with torch.no_grad():
+        gate.log_temperature.fill_(0.0)  # tau = 1: the scores are the cosines themselves
+    assert float(gate.scores(torch.randn(BATCH, IN_DIM)).abs().max()) <= 1 + 1e-5
 
 
 def test_noisy_topk_gradients_reach_noise_scale():
