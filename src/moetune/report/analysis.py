@@ -23,7 +23,14 @@ from moetune.tracking import tags
 
 HEADLINE_AT = 10  # the answer's target quality: the local-search curve's value at 10 trials
 TOP_FRACTION = 0.05  # the paper's reporting (supplement S1.3): top 5% of trials by validation loss
-GATE_LABELS = {"topk": "Top-k", "dselect_k": "DSelect-k", "comet": "COMET", "hash": "Hash", "softmax": "Softmax"}
+GATE_LABELS = {
+    "topk": "Top-k",
+    "dselect_k": "DSelect-k",
+    "comet": "COMET",
+    "hash": "Hash",
+    "softmax": "Softmax",
+    "xmoe": "X-MoE",
+}
 ARMS = ("on", "warmup")  # arms compared with local_search=off
 ARM_LABELS = {"on": "local search", "warmup": "uniform warm-up (control)", "off": "no local search"}
 ARM_ORDER = {"on": 0, "warmup": 1, "off": 2}  # rows of a table, series of a panel
