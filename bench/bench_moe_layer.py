@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         ("comet", 1, False),
         ("comet", 1, True),
         ("xmoe", 1, False),
+        ("expert_choice", 1, False),
     ]
     for name, tasks, saturated in configs:
         step, routed = gate_layer(name, tasks, args.batch, saturated)

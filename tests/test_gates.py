@@ -31,6 +31,15 @@ def assert_on_simplex(w: torch.Tensor):
     torch.testing.assert_close(w.sum(1), torch.ones(w.shape[0]), atol=1e-5, rtol=0)
 
 
+def assert_valid_weights(gate, w: torch.Tensor):
+    """Token choice: each row on the simplex. Expert choice: non-negative rows summing to at most 1."""
+    if not gate.expert_choice:
+        assert_on_simplex(w)
+        return
+    assert torch.isfinite(w).all() and (w >= 0).all()
+    assert float(w.sum(1).max()) <= 1 + 1e-5
+
+
 def test_registry_lists_the_paper_gates():
     assert {"softmax", "topk", "hash", "dselect_k", "comet"} <= set(GATES)
 
@@ -42,7 +51,7 @@ def test_shape_and_simplex(name, n_experts):
     gate = make_gate(name, n_experts)
     out = run_gate(gate, torch.randn(BATCH, IN_DIM))
     assert out.weights.shape == (BATCH, n_experts)
-    assert_on_simplex(out.weights)
+    assert_valid_weights(gate, out.weights)
     assert out.aux_loss.dim() == 0 and torch.isfinite(out.aux_loss)
 
 
@@ -52,7 +61,7 @@ def test_simplex_for_large_inputs(name):
     torch.manual_seed(1)
     for n_experts in (3, 6, 8):
         gate = make_gate(name, n_experts, gamma=0.1) if name in ("dselect_k", "comet") else make_gate(name, n_experts)
-        assert_on_simplex(run_gate(gate, 1e4 * torch.randn(BATCH, IN_DIM)).weights)
+        assert_valid_weights(gate, run_gate(gate, 1e4 * torch.randn(BATCH, IN_DIM)).weights)
 
 
 # --- cardinality -------------------------------------------------------------------------------------
@@ -71,6 +80,12 @@ SATURATING_LAYER = {"dselect_k": "selector_logits", "comet": "node_logits"}  # s
 @pytest.mark.parametrize("n_experts", [4, 6, 8])
 def test_cardinality_at_most_k(name, n_experts):
     torch.manual_seed(2)
+    if gate_class(name).expert_choice:  # experts pick samples: every expert gets exactly its capacity
+        gate = make_gate(name, n_experts, k=2)
+        w = run_gate(gate, torch.randn(256, IN_DIM)).weights
+        assert (w != 0).sum(0).tolist() == [gate.capacity(256)] * n_experts
+        assert float((w != 0).sum(1).float().mean()) == pytest.approx(gate.capacity(256) * n_experts / 256)
+        return
     if not gate_class(name).sparse:  # a dense gate (softmax) keeps every expert
         assert (run_gate(make_gate(name, n_experts), torch.randn(BATCH, IN_DIM)).weights > 0).all()
         return
@@ -152,6 +167,21 @@ def test_xmoe_scores_are_cosines_over_the_learned_temperature():
     with torch.no_grad():
         gate.log_temperature.fill_(0.0)  # tau = 1: the scores are the cosines themselves
     assert float(gate.scores(torch.randn(BATCH, IN_DIM)).abs().max()) <= 1 + 1e-5
+
+
+def test_expert_choice_takes_each_experts_highest_scoring_samples_and_may_leave_some_out():
+    torch.manual_seed(8)
+    gate = make_gate("expert_choice", 4, k=1)
+    x = torch.randn(BATCH, IN_DIM)
+    w = gate(x).weights
+    scores = torch.softmax(gate.linear(x), dim=-1)
+    c = gate.capacity(BATCH)
+    for expert in range(4):
+        taken = set(torch.nonzero(w[:, expert]).flatten().tolist())
+        assert taken == set(scores[:, expert].topk(c).indices.tolist())
+        torch.testing.assert_close(w[list(taken), expert], scores[list(taken), expert])
+    assert (w != 0).sum(1).min() == 0, "with k = 1 some sample should get no expert"
+    assert make_gate("expert_choice", 4, k=1, capacity_factor=2.0).capacity(BATCH) == 2 * c
 
 
 def test_noisy_topk_gradients_reach_noise_scale():

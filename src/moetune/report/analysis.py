@@ -30,6 +30,7 @@ GATE_LABELS = {
     "hash": "Hash",
     "softmax": "Softmax",
     "xmoe": "X-MoE",
+    "expert_choice": "Expert Choice",
 }
 ARMS = ("on", "warmup")  # arms compared with local_search=off
 ARM_LABELS = {"on": "local search", "warmup": "uniform warm-up (control)", "off": "no local search"}

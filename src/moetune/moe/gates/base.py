@@ -11,7 +11,9 @@ from torch import nn
 
 @dataclass
 class GateOutput:
-    """weights: batch x n mixture weights on the simplex; aux_loss: scalar regularizer added to the loss."""
+    """weights: batch x n non-negative mixture weights, each row on the simplex (a token-choice gate) or
+    summing to at most 1 (an expert-choice gate, where a sample may get no expert); aux_loss: a scalar
+    regularizer added to the loss."""
 
     weights: torch.Tensor
     aux_loss: torch.Tensor
@@ -20,13 +22,16 @@ class GateOutput:
 class Gate(nn.Module, abc.ABC):
     """A routing gate for one task: (routing input, routing ids) -> GateOutput.
 
-    Subclasses set `sparse` (whether weights have at most k non-zeros, possibly only once saturated)
-    and `uses_routing_ids` (hash routing). Constructor arguments after (in_dim, n_experts) are the
-    gate's config keys; unknown keys are rejected by the registry before anything is built.
+    Subclasses set `sparse` (whether weights have at most k non-zeros, possibly only once saturated, or
+    for an expert-choice gate k non-zeros per sample on average), `uses_routing_ids` (hash routing) and
+    `expert_choice` (experts pick samples: a row may have 0..n non-zeros and sum to less than 1).
+    Constructor arguments after (in_dim, n_experts) are the gate's config keys; unknown keys are rejected
+    by the registry before anything is built.
     """
 
     sparse: bool = True
     uses_routing_ids: bool = False
+    expert_choice: bool = False
 
     def __init__(self, in_dim: int, n_experts: int, k: int):
         super().__init__()
