@@ -142,7 +142,6 @@ class LiveStudy:
         self.sampler.replay(ledger)
         done = {entry.number for entry in ledger}
         self.todo = [n for n in range(self.config.tuner.n_trials) if n not in done]
-        self.running: set[int] = set()
         values = [e.metrics.get(self.sampler.selection) for e in ledger if e.status == "FINISHED"]
         finite = [v for v in values if v is not None]
         best = (min if self.config.tuner.mode == "min" else max)(finite) if finite else None
@@ -186,7 +185,6 @@ class Driver:
         seed = trial_seed(study.config.seed, number)
         logged = {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items()}
         study.record.start_trial(number, {**logged, "train.seed": seed}, logged, trial_id)
-        study.running.add(number)
         self.attempts[trial_id] = (study, number)
         return {STUDY: study.plan.key, NUMBER: number, **sampled, "train.seed": seed}
 
@@ -204,7 +202,6 @@ class Driver:
         if trial_id not in self.attempts:
             return
         study, number = self.attempts.pop(trial_id)
-        study.running.discard(number)
         outcome = outcome_of(last_result, error)
         if outcome is Outcome.STOPPED:
             return

@@ -88,19 +88,15 @@ class SweepProgress:
             print(text, file=self.stream, flush=True)
 
     def tick(self) -> None:
+        """Redraw the bars at most once a second on a terminal; else print the open studies' lines."""
         now = time.time()
         if now - self.last_plain < (1.0 if self.live else PLAIN_SECONDS):
             return
-        if self.live:
-            self.last_plain = now
-            for study in self.studies.values():
-                self._redraw(study)
-            return
-        if now - self.last_plain < PLAIN_SECONDS:
-            return
         self.last_plain = now
         for study in self.studies.values():
-            if study.done < study.total:
+            if self.live:
+                self._redraw(study)
+            elif study.done < study.total:
                 print(study.line(now), file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -58,8 +58,8 @@ def check_fits(tuner: TunerConfig, resources: dict[str, float]) -> None:
 
 def start_ray(tuner: TunerConfig) -> dict[str, float]:
     """Start (or join) Ray once per process and check the sweep fits in its resources (a local instance's
-    were checked before anything was written, with ``local_resources``; a cluster's are known once joined)."""
-    check_ray_address(tuner.ray_address)
+    were checked before anything was written, with ``local_resources``; a cluster's are known once joined).
+    The cluster's address was probed before anything was written too (``check_ray_address``)."""
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # workers keep the driver's working directory
