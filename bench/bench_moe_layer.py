@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from moetune.moe.experts import MLPExperts, mix
+from moetune.moe.experts import MLPExperts, mix, soft_mix
 from moetune.moe.gates import build_gate
 
 N_EXPERTS, D_IN, WIDTH = 16, 256, 256
@@ -167,13 +167,18 @@ def gate_layer(name: str, tasks: int, batch: int, saturated: bool = False):
         for p in leaves:
             p.grad = None
         outs = [g(x, routing_ids) for g in gates]
-        mixed = mix(experts, x, [o.weights for o in outs], sparse)
+        if sparse and outs[0].slots is not None:  # Soft MoE: the experts run on its T * n * p slots only
+            mixed = soft_mix(experts, x, [o.slots for o in outs], torch.eye(N_EXPERTS), hard=True)
+        else:
+            mixed = mix(experts, x, [o.weights for o in outs], sparse)
         aux = [o.aux_loss for o in outs if o.aux_loss.requires_grad]
         torch.autograd.backward([*mixed, *aux], [*grads, *(torch.ones_like(a) for a in aux)])
 
     with torch.no_grad():
-        weights = [g(x, routing_ids).weights for g in gates]
-    rows = int(torch.stack(weights).ne(0).any(0).sum())
+        outs = [g(x, routing_ids) for g in gates]
+    if outs[0].slots is not None:
+        return step, tasks * N_EXPERTS * outs[0].slots.slots_per_expert  # rows the experts run: the slots
+    rows = int(torch.stack([o.weights for o in outs]).ne(0).any(0).sum())
     return step, rows
 
 
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- 2. per gate: gate + experts + mixing, dense vs sparse compute ------------------------------------
     print(
         f"\n[2] gate + experts + mixing at batch {args.batch}: dense path (all {N_EXPERTS} experts) vs sparse path "
-        f"(routed rows only); GFLOP/s of the expert layer; act = experts active per sample"
+        f"(routed rows only; Soft MoE: its slots); GFLOP/s of the expert layer; act = expert rows run per sample"
     )
     print(
         f"{'gate':22s} {'T':>2s} {'act':>5s} {'dense ms':>9s} "
@@ -288,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         ("comet", 1, True),
         ("xmoe", 1, False),
         ("expert_choice", 1, False),
+        ("usmoe", 1, False),
+        ("soft_moe", 1, False),
     ]
     for name, tasks, saturated in configs:
         step, routed = gate_layer(name, tasks, args.batch, saturated)

@@ -32,12 +32,13 @@ def assert_on_simplex(w: torch.Tensor):
 
 
 def assert_valid_weights(gate, w: torch.Tensor):
-    """Token choice: each row on the simplex. Expert choice: non-negative rows summing to at most 1."""
-    if not gate.expert_choice:
+    """Token choice: each row on the simplex. Batch level: non-negative rows, at most 1 + rate (USMoE's
+    unified score is not renormalised; Expert Choice's and Soft MoE's rows sum to at most 1)."""
+    if not gate.batch_level:
         assert_on_simplex(w)
         return
     assert torch.isfinite(w).all() and (w >= 0).all()
-    assert float(w.sum(1).max()) <= 1 + 1e-5
+    assert float(w.detach().sum(1).max()) <= 1 + getattr(gate, "rate", 0.0) + 1e-5
 
 
 def test_registry_lists_the_paper_gates():
@@ -80,13 +81,18 @@ SATURATING_LAYER = {"dselect_k": "selector_logits", "comet": "node_logits"}  # s
 @pytest.mark.parametrize("n_experts", [4, 6, 8])
 def test_cardinality_at_most_k(name, n_experts):
     torch.manual_seed(2)
-    if gate_class(name).expert_choice:  # experts pick samples: every expert gets exactly its capacity
+    if name == "expert_choice":  # experts pick samples: every expert gets exactly its capacity
         gate = make_gate(name, n_experts, k=2)
         w = run_gate(gate, torch.randn(256, IN_DIM)).weights
         assert (w != 0).sum(0).tolist() == [gate.capacity(256)] * n_experts
         assert float((w != 0).sum(1).float().mean()) == pytest.approx(gate.capacity(256) * n_experts / 256)
         return
-    if not gate_class(name).sparse:  # a dense gate (softmax) keeps every expert
+    if name == "usmoe":  # k pairs per sample on average, chosen jointly over the batch
+        gate = make_gate(name, n_experts, k=2)
+        w = run_gate(gate, torch.randn(256, IN_DIM)).weights
+        assert int((w != 0).sum()) == 2 * 256
+        return
+    if not gate_class(name).sparse:  # a dense gate (softmax, Soft MoE) keeps every expert
         assert (run_gate(make_gate(name, n_experts), torch.randn(BATCH, IN_DIM)).weights > 0).all()
         return
     gamma = 0.1
@@ -182,6 +188,52 @@ def test_expert_choice_takes_each_experts_highest_scoring_samples_and_may_leave_
         torch.testing.assert_close(w[list(taken), expert], scores[list(taken), expert])
     assert (w != 0).sum(1).min() == 0, "with k = 1 some sample should get no expert"
     assert make_gate("expert_choice", 4, k=1, capacity_factor=2.0).capacity(BATCH) == 2 * c
+
+
+def test_usmoe_keeps_the_batchs_highest_unified_scores_as_its_weights():
+    """The unified score mixes the token-choice softmax and the scaled sigmoid by `rate`; the batch * k best
+    token-expert pairs over the whole batch are kept, with their unified score as the weight."""
+    torch.manual_seed(9)
+    gate = make_gate("usmoe", 4, k=1, rate=0.3)
+    x = torch.randn(BATCH, IN_DIM)
+    logits = gate.linear(x)
+    unified = 0.7 * torch.softmax(logits, -1) + 0.3 * torch.sigmoid(logits) * 2 / 4
+    w = gate(x).weights
+    kept = torch.zeros(BATCH * 4, dtype=torch.bool)
+    kept[unified.flatten().topk(BATCH).indices] = True
+    assert torch.equal(w.flatten() != 0, kept)
+    torch.testing.assert_close(w.flatten()[kept], unified.flatten()[kept])
+    counts = (w != 0).sum(1)
+    assert counts.min() == 0 or counts.max() > 1, "the budget is the batch's, not one expert per sample"
+    assert float(make_gate("usmoe", 4, k=1, rate=0.0)(x).weights.sum(1).max()) <= 1 + 1e-6, "rate 0: softmax only"
+
+
+def test_usmoe_rate_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="rate"):
+        make_gate("usmoe", 4, rate=1.5)
+
+
+def test_soft_moe_dispatch_and_combine_are_on_their_simplices():
+    """Dispatch: each slot a convex combination of the batch's samples (columns sum to 1 over the samples);
+    combine: each sample a convex combination of the slots (rows sum to 1); p slots per expert."""
+    torch.manual_seed(10)
+    gate = make_gate("soft_moe", 4, slots_per_expert=3)
+    out = gate(torch.randn(BATCH, IN_DIM))
+    slots = out.slots
+    assert slots.dispatch.shape == slots.combine.shape == (BATCH, 12)
+    assert (slots.dispatch >= 0).all() and (slots.combine >= 0).all()
+    torch.testing.assert_close(slots.dispatch.sum(0), torch.ones(12))
+    torch.testing.assert_close(slots.combine.sum(1), torch.ones(BATCH))
+    torch.testing.assert_close(out.weights, slots.combine.view(BATCH, 4, 3).sum(2))
+
+
+def test_soft_moe_normalized_routing_ignores_the_scale_of_its_input():
+    torch.manual_seed(11)
+    gate = make_gate("soft_moe", 4, normalize=True)
+    x = torch.randn(BATCH, IN_DIM)
+    torch.testing.assert_close(gate(1e3 * x).slots.dispatch, gate(x).slots.dispatch)
+    raw = make_gate("soft_moe", 4)
+    assert not torch.allclose(raw(1e3 * x).slots.dispatch, raw(x).slots.dispatch)
 
 
 def test_noisy_topk_gradients_reach_noise_scale():

@@ -337,3 +337,83 @@ def test_e_perm_above_max_epochs_is_refused_and_equal_is_fine():
 def test_cuda_without_a_gpu_is_a_config_error():
     with pytest.raises(ConfigError, match="train.device"):
         Trainer(tabular_data(), small_cfg(), GateConfig("topk", 2), LocalSearchConfig(), TrainConfig(device="cuda"))
+
+
+# --- Soft MoE: experts on slots ----------------------------------------------------------------------
+
+
+def soft_moe_reference(model: MMoE, split: Split, to_expert: list[int]) -> list[torch.Tensor]:
+    """Soft MoE by its definition, one slot at a time: slot s = sum_b D[b, s] x_b, run by expert
+    to_expert[s // p]; sample b's output is sum_s C[b, s] y_s (then the task's head)."""
+    features = model.bottom(split.inputs)
+    x = split.inputs["image"] if model.cfg.expert_type == "cnn" else features
+    outputs = []
+    for gate, head in zip(model.gates, model.heads, strict=False):
+        slots = gate(features).slots
+        ys = []
+        for s in range(slots.dispatch.shape[1]):
+            slot_input = (slots.dispatch[:, s].view(-1, *[1] * (x.dim() - 1)) * x).sum(0, keepdim=True)
+            ys.append(model.experts.one(to_expert[s // slots.slots_per_expert], slot_input))
+        outputs.append(head(slots.combine @ torch.cat(ys)))
+    return outputs
+
+
+@pytest.mark.parametrize("expert_type", ["mlp", "cnn"])
+def test_soft_moe_model_computes_the_papers_slots(expert_type):
+    torch.manual_seed(11)
+    if expert_type == "cnn":
+        data, cfg = image_data(), small_cfg(n_experts=4, expert_type="cnn", expert_hidden=[8, 8])
+    else:
+        data, cfg = tabular_data(), small_cfg(n_experts=4)
+    model = MMoE(data, cfg, GateConfig("soft_moe", 1, {"slots_per_expert": 2}), LocalSearchConfig()).eval()
+    out = model(data.train.inputs, data.train.routing_ids)
+    for got, want in zip(out.outputs, soft_moe_reference(model, data.train, [0, 1, 2, 3]), strict=False):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_soft_moe_model_is_permutation_equivariant_in_its_samples():
+    """Slots are symmetric functions of the batch, so reordering the batch reorders the outputs, nothing else."""
+    torch.manual_seed(12)
+    data = tabular_data()
+    model = MMoE(data, small_cfg(), GateConfig("soft_moe", 1, {"slots_per_expert": 2}), LocalSearchConfig()).eval()
+    order = torch.randperm(len(data.train))
+    shuffled = data.train.index(order)
+    base = model(data.train.inputs, data.train.routing_ids)
+    moved = model(shuffled.inputs, shuffled.routing_ids)
+    for b, m in zip(base.outputs, moved.outputs, strict=False):
+        torch.testing.assert_close(m, b[order], atol=1e-5, rtol=1e-5)
+    part = data.train.index(torch.arange(20))
+    assert not torch.allclose(model(part.inputs, part.routing_ids).outputs[0], base.outputs[0][:20]), (
+        "a sample's output depends on its batch"
+    )
+
+
+def test_soft_moe_with_a_frozen_permutation_runs_each_slot_group_on_its_permuted_expert():
+    torch.manual_seed(13)
+    data = tabular_data()
+    ls = LocalSearchConfig(enabled=True, e_perm=1)
+    model = MMoE(data, small_cfg(n_experts=4), GateConfig("soft_moe", 1, {"slots_per_expert": 2}), ls)
+    with torch.no_grad():
+        model.local_search.log_weights.copy_(torch.eye(4)[[2, 0, 3, 1]] * 5)
+    model.local_search.freeze()
+    model.eval()
+    assert model.local_search.permutation() == [2, 0, 3, 1]
+    out = model(data.train.inputs, data.train.routing_ids)
+    for got, want in zip(out.outputs, soft_moe_reference(model, data.train, [2, 0, 3, 1]), strict=False):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_soft_mix_learning_path_equals_the_hard_path_on_a_permutation():
+    """While a permutation is learned every expert runs every slot; on a hard permutation both paths agree."""
+    from moetune.moe.experts import soft_mix
+
+    torch.manual_seed(14)
+    experts = MLPExperts(4, 6, [10, 8]).eval()
+    gates = [build_gate("soft_moe", 6, 4, k=1, slots_per_expert=3) for _ in range(2)]
+    x = torch.randn(40, 6)
+    slots = [g(x).slots for g in gates]
+    perm = torch.eye(4)[[1, 3, 0, 2]]
+    hard = soft_mix(experts, x, slots, perm, hard=True)
+    every = soft_mix(experts, x, slots, perm, hard=False)
+    for h, e in zip(hard, every, strict=False):
+        torch.testing.assert_close(h, e, atol=1e-5, rtol=1e-5)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moetune.moe.gates.base import SlotRouting
+
 
 class _SparseMLPMix(torch.autograd.Function):
     """Sparse MLP experts fused with the per-task mixing.
@@ -345,3 +347,28 @@ def mix(experts: nn.Module, x: torch.Tensor, task_weights: list[torch.Tensor], s
     weighted = (out.unsqueeze(1) * row_weights.unsqueeze(2)).reshape(out.shape[0], len(task_weights) * out.shape[1])
     combined = out.new_zeros(batch, weighted.shape[1]).index_add(0, sample_index, weighted)
     return _per_task(combined.view(batch, len(task_weights), -1))
+
+
+def soft_mix(
+    experts: nn.Module, x: torch.Tensor, routings: list[SlotRouting], assignment: torch.Tensor, hard: bool
+) -> list[torch.Tensor]:
+    """Soft MoE per task t: slot inputs D_t^T x (convex combinations of the batch's samples), slot group i (its
+    p slots) run by expert j with weight assignment[i, j], outputs mixed back per sample by C_t.
+
+    `hard`: assignment is a permutation (no local search, or a frozen one), so each expert runs only the
+    T * p slots of its one group; otherwise (a permutation being learned) every expert runs every slot.
+    """
+    tasks, n, p = len(routings), experts.n_experts, routings[0].slots_per_expert
+    flat = x.flatten(1)
+    slots = torch.stack([r.dispatch.t() @ flat for r in routings])  # T x n*p x features
+    if hard:
+        to_expert = assignment.argmax(1)  # group i -> expert to_expert[i]
+        by_expert = slots.view(tasks, n, p, -1).transpose(0, 1)[to_expert.argsort()]  # expert j's group first
+        rows = by_expert.reshape(n * tasks * p, *x.shape[1:])
+        out = _grouped(experts, rows, [j * tasks * p for j in range(n + 1)])
+        out = out.view(n, tasks, p, -1)[to_expert].transpose(0, 1)  # back to T x group x p x out
+    else:
+        every = experts.dense(slots.reshape(tasks * n * p, *x.shape[1:])).view(tasks, n, p, n, -1)
+        out = torch.einsum("tipjo,ij->tipo", every, assignment)
+    slot_out = out.reshape(tasks, n * p, -1)
+    return [r.combine @ slot_out[t] for t, r in enumerate(routings)]

@@ -10,7 +10,7 @@ from torch import nn
 from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
 from moetune.data.base import MultiTaskData
 from moetune.errors import ConfigError
-from moetune.moe.experts import CNNExperts, MLPExperts, mix
+from moetune.moe.experts import CNNExperts, MLPExperts, mix, soft_mix
 from moetune.moe.gates import Gate, build_gate, gate_class
 from moetune.moe.local_search import PermutationLocalSearch, UniformMixingWarmup
 
@@ -109,10 +109,17 @@ class MMoE(nn.Module):
         gate_outs = [gate(features, routing_ids) for gate in self.gates]
         weights = [out.weights for out in gate_outs]
         aux = sum(out.aux_loss for out in gate_outs)
+        matrix = None
         if self.local_search is not None:
             matrix, penalty = self.local_search.matrix()
             weights = [PermutationLocalSearch.apply(w, matrix) for w in weights]
             aux = aux + penalty
         expert_input = inputs["image"] if self.cfg.expert_type == "cnn" else features
-        mixed = mix(self.experts, expert_input, weights, self.use_sparse_compute(weights))
+        if gate_outs[0].slots is not None:  # Soft MoE: experts run on slots, not on samples
+            learning = self.local_search is not None and self.local_search.learning
+            assignment = torch.eye(self.cfg.n_experts, device=features.device) if matrix is None else matrix
+            slots = [out.slots for out in gate_outs]
+            mixed = soft_mix(self.experts, expert_input, slots, assignment, hard=not learning)
+        else:
+            mixed = mix(self.experts, expert_input, weights, self.use_sparse_compute(weights))
         return ModelOutput([head(h) for head, h in zip(self.heads, mixed, strict=False)], weights, aux)

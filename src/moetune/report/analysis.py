@@ -31,6 +31,8 @@ GATE_LABELS = {
     "softmax": "Softmax",
     "xmoe": "X-MoE",
     "expert_choice": "Expert Choice",
+    "usmoe": "USMoE",
+    "soft_moe": "Soft MoE",
 }
 ARMS = ("on", "warmup")  # arms compared with local_search=off
 ARM_LABELS = {"on": "local search", "warmup": "uniform warm-up (control)", "off": "no local search"}

@@ -7,9 +7,9 @@ import inspect
 import pkgutil
 
 from moetune.errors import ConfigError
-from moetune.moe.gates.base import Gate, GateOutput, smooth_step
+from moetune.moe.gates.base import Gate, GateOutput, SlotRouting, smooth_step
 
-__all__ = ["Gate", "GateOutput", "available_gates", "build_gate", "gate_class", "smooth_step"]
+__all__ = ["Gate", "GateOutput", "SlotRouting", "available_gates", "build_gate", "gate_class", "smooth_step"]
 
 
 def available_gates() -> list[str]:

@@ -10,28 +10,43 @@ from torch import nn
 
 
 @dataclass
+class SlotRouting:
+    """Soft MoE's routing of a batch: dispatch (batch x n*p, each column a convex combination of the batch's
+    samples: a slot's input) and combine (batch x n*p, each row on the simplex over the slots); slot s
+    belongs to expert s // p."""
+
+    dispatch: torch.Tensor
+    combine: torch.Tensor
+    slots_per_expert: int
+
+
+@dataclass
 class GateOutput:
-    """weights: batch x n non-negative mixture weights, each row on the simplex (a token-choice gate) or
-    summing to at most 1 (an expert-choice gate, where a sample may get no expert); aux_loss: a scalar
-    regularizer added to the loss."""
+    """weights: batch x n non-negative mixture weights, each row on the simplex for a token-choice gate;
+    for a batch-level gate a row may have 0..n non-zeros and need not sum to 1. aux_loss: a scalar
+    regularizer added to the loss. slots: set by a slot gate (Soft MoE), whose experts run on slots; its
+    weights are then each sample's combine mass per expert (what diagnostics and active experts read)."""
 
     weights: torch.Tensor
     aux_loss: torch.Tensor
+    slots: SlotRouting | None = None
 
 
 class Gate(nn.Module, abc.ABC):
     """A routing gate for one task: (routing input, routing ids) -> GateOutput.
 
     Subclasses set `sparse` (whether weights have at most k non-zeros, possibly only once saturated, or
-    for an expert-choice gate k non-zeros per sample on average), `uses_routing_ids` (hash routing) and
-    `expert_choice` (experts pick samples: a row may have 0..n non-zeros and sum to less than 1).
+    for a batch-level gate k non-zeros per sample on average), `uses_routing_ids` (hash routing) and
+    `batch_level` (the batch's samples compete for the experts, as in Expert Choice, USMoE and Soft MoE: a
+    sample's routing depends on the rest of its batch, a row may have 0..n non-zeros and need not sum to 1,
+    and evaluation runs in batches of the training batch size).
     Constructor arguments after (in_dim, n_experts) are the gate's config keys; unknown keys are rejected
     by the registry before anything is built.
     """
 
     sparse: bool = True
     uses_routing_ids: bool = False
-    expert_choice: bool = False
+    batch_level: bool = False
 
     def __init__(self, in_dim: int, n_experts: int, k: int):
         super().__init__()

@@ -7,8 +7,9 @@ over the experts that took it of S[t, i] * E_i(x_t). A sample may get anywhere f
 every expert gets exactly c samples (load balanced by construction, no auxiliary loss).
 
 Evaluation: routing is the same rule within each evaluation batch, so a sample's experts depend on the
-batch it is evaluated in (train.eval_batch_size, in the split's fixed order: deterministic). In MMoE each
-task's gate makes its own choice.
+batch it is evaluated in. Batch-level gates are evaluated in batches of train.batch_size, the size they were
+trained on, in the split's fixed order, the last batch ending at the split's end (deterministic; see
+Trainer.predict). In MMoE each task's gate makes its own choice.
 """
 
 import math
@@ -20,7 +21,7 @@ from moetune.moe.gates.base import Gate, GateOutput
 
 
 class ExpertChoiceGate(Gate):
-    expert_choice = True
+    batch_level = True
 
     def __init__(self, in_dim: int, n_experts: int, k: int = 2, capacity_factor: float | None = None):
         super().__init__(in_dim, n_experts, k)
