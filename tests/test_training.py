@@ -254,3 +254,23 @@ def test_routing_nmi_is_one_when_the_gate_routes_like_the_teacher(data):
     shuffled = teacher[torch.randperm(len(teacher), generator=torch.Generator().manual_seed(0))]
     trainer.model.gates[0].table.copy_(shuffled)
     assert trainer.diagnostics("test")["routing_nmi"] < 0.2
+
+
+@pytest.mark.parametrize("gate", ["expert_choice", "usmoe", "soft_moe"])
+def test_batch_level_gates_are_evaluated_in_training_sized_batches(data, gate):
+    """A batch-level gate routes a sample by its batch: evaluation uses train.batch_size batches in the split's
+    order, the last one ending at the split's end, each sample predicted once, whatever eval_batch_size is."""
+    trainer = make_trainer(data, gate, batch_size=96, eval_batch_size=4096)
+    split = trainer.splits["val"]
+    n = len(split)
+    assert n % 96 != 0, "test setup: the last batch must overlap the one before"
+    outputs, weights = trainer.predict("val")
+    assert outputs[0].shape[0] == weights[0].shape[0] == n
+    trainer.model.eval()
+    with torch.no_grad():
+        first = split.index(torch.arange(96))
+        torch.testing.assert_close(outputs[0][:96], trainer.model(first.inputs, first.routing_ids).outputs[0])
+        last, new = split.index(torch.arange(n - 96, n)), n % 96  # the rows no earlier batch predicted
+        torch.testing.assert_close(outputs[0][-new:], trainer.model(last.inputs, last.routing_ids).outputs[0][-new:])
+        whole = trainer.model(split.inputs, split.routing_ids).outputs[0]
+    assert not torch.allclose(outputs[0], whole), "evaluated as one batch: the batch size was ignored"

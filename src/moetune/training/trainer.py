@@ -179,17 +179,23 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, split_name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Model outputs and gate weights on a whole split, in eval mode (hard permutation)."""
+        """Model outputs and gate weights on a whole split, in eval mode (hard permutation).
+
+        A batch-level gate (Expert Choice, USMoE, Soft MoE) routes a sample by the rest of its batch, so it is
+        evaluated in batches of train.batch_size, the size it was trained on; the last batch ends at the
+        split's end and overlaps the one before (its overlapping rows are not counted twice)."""
         self.model.eval()
         split = self.splits[split_name]
+        batch_level = self.model.gates[0].batch_level
+        size = self.cfg.batch_size if batch_level else self.cfg.eval_batch_size
         outs, gates = [], []
-        for start in range(0, len(split), self.cfg.eval_batch_size):
-            part = split.index(
-                torch.arange(start, min(start + self.cfg.eval_batch_size, len(split)), device=self.device)
-            )
+        for start in range(0, len(split), size):
+            first = max(0, min(start, len(split) - size)) if batch_level else start
+            part = split.index(torch.arange(first, min(start + size, len(split)), device=self.device))
             out = self.model(part.inputs, part.routing_ids)
-            outs.append(out.outputs)
-            gates.append(out.gate_weights)
+            new_rows = slice(start - first, None)
+            outs.append([o[new_rows] for o in out.outputs])
+            gates.append([g[new_rows] for g in out.gate_weights])
         return [torch.cat(o) for o in zip(*outs, strict=False)], [torch.cat(g) for g in zip(*gates, strict=False)]
 
     def evaluate(self, split_name: str) -> dict[str, float]:
