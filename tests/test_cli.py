@@ -92,6 +92,7 @@ def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workd
                 "best_val_click_auc",
                 contract.WALL_SECONDS,
                 contract.CPU_SECONDS,
+                contract.TRAIN_SAMPLES_PER_SECOND,
                 contract.ACTIVE_EXPERTS,
             ):
                 assert key in m, key

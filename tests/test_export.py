@@ -74,6 +74,8 @@ def _random_trials(rng, n, shift, failed_at=None):
                 "best_val_watch_auc": 1 - val,
                 "test_watch_auc": 1 - val + rng.normal(0, 0.02),
                 contract.WALL_SECONDS: rng.uniform(5, 15),
+                contract.ACTIVE_EXPERTS: 1.0 + i % 2,
+                contract.TRAIN_SAMPLES_PER_SECOND: 1000.0 * (i + 1),
             }
         )
     return out
@@ -213,6 +215,33 @@ def _reduction_rows(text, metric, gate_label, arm="local search"):
     return [r[1:] for r in rows if r[0] == arm]
 
 
+def test_summary_puts_the_gates_of_a_setting_side_by_side(exported, store):
+    """Per setting and metric, one row per gate and arm: quality at 1 and 16 trials, the best, the experts
+    active per sample (mean) and training samples/s (median) over the finished trials."""
+    files, _ = exported
+    _, _, data = store
+    text = files["summary.md"].read_text()
+    section = text.split("## test_loss (lower is better)")[1].split("\n## ")[0]
+    table = section.split("### Gates side by side — synthetic")[1].split("\n### ")[0]
+    assert "| gate | trials (failed) | n = 1 | n = 16 | best | active experts | training samples/s |" in table
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines())}
+    assert {
+        "Top-k, local search",
+        "Top-k, no local search",
+        "COMET, local search",
+        "Hash, local search (TPE, running best)",
+    } <= set(rows)
+    trials = data[("topk", "off", "random")][0]
+    finished = [t for t in trials if not t.get("failed")]
+    t = _trials(trials, "test_loss")
+    got = rows["Top-k, no local search"]
+    assert got[0] == f"{N_RANDOM} (1)"
+    assert got[1] == f"{budget.expected_best_curve(t.val, t.test, failed=t.failed)[0]:.4g}"  # n = 1
+    assert got[2] == "—"  # n = 16 > N = 8
+    assert got[4] == f"{np.mean([f[contract.ACTIVE_EXPERTS] for f in finished]):.4g}"
+    assert got[5] == f"{np.median([f[contract.TRAIN_SAMPLES_PER_SECOND] for f in finished]):,.0f}"
+
+
 def test_summary(exported, store):
     files, _ = exported
     _, _, data = store
@@ -222,7 +251,8 @@ def test_summary(exported, store):
     t_on = _trials(data[("topk", "on", "random")][0], "test_loss")
     t_off = _trials(data[("topk", "off", "random")][0], "test_loss")
     on_curve = budget.expected_best_curve(t_on.val, t_on.test)
-    row = next(line for line in text.splitlines() if line.startswith("| Top-k, local search |"))
+    panel = text.split("### Top-k — synthetic")[1]
+    row = next(line for line in panel.splitlines() if line.startswith("| Top-k, local search |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == f"{budget.expected_best_curve(t_on.val, t_on.test, replacement=False)[-1]:.4g}"  # best
     assert cells[4] == f"{on_curve[0]:.4g}"  # n = 1

@@ -56,6 +56,7 @@ NODE = "node"  # diagnostics: the Ray node a trial ran on
 WALL_SECONDS = "wall_seconds"
 CPU_SECONDS = "cpu_seconds"
 ACTIVE_EXPERTS = "active_experts_mean"
+TRAIN_SAMPLES_PER_SECOND = "train_samples_per_second"  # training steps only (forward, backward, update)
 ROUTING_NMI = "routing_nmi"
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moetune.contract import WALL_SECONDS, higher_is_better
+from moetune.contract import ACTIVE_EXPERTS, TRAIN_SAMPLES_PER_SECOND, WALL_SECONDS, higher_is_better
 from moetune.report import budget
 from moetune.report.sweep import Group, Study
 from moetune.tracking import tags
@@ -91,6 +91,16 @@ class TopTrials:
 
 
 @dataclass
+class GateCost:
+    """What a group's trials cost to run: experts active per sample (mean) and training samples per second
+    (median), over its finished trials; NaN where the trials did not report them."""
+
+    result: GroupCurve
+    active_experts: float
+    samples_per_second: float
+
+
+@dataclass
 class Analysis:
     """Everything the tables and figures show, computed once."""
 
@@ -100,6 +110,7 @@ class Analysis:
     curves: list[GroupCurve]
     reductions: dict[ReductionKey, list[budget.Reduction]]
     tops: list[TopTrials]
+    costs: list[GateCost]  # one per curve, for the gates side by side
     headline: str  # the metric the answer is given in
     answer: str  # one sentence, the head of summary.md
     lines: list[str]  # the answer as one line per gate, for the terminal
@@ -113,7 +124,8 @@ def analyse(
     reductions = arm_reductions(curves, val_up, resamples, seed, level)
     headline = headline_metric(studies, metrics)
     answer, lines = headline_answer(reductions, headline)
-    return Analysis(selection, level, metrics, curves, reductions, top_trials(curves, val_up), headline, answer, lines)
+    tops, costs = top_trials(curves, val_up), gate_costs(curves)
+    return Analysis(selection, level, metrics, curves, reductions, tops, costs, headline, answer, lines)
 
 
 # ---------------------------------------------------------------- curves
@@ -233,6 +245,24 @@ def top_trials(results: list[GroupCurve], val_up: bool) -> list[TopTrials]:
         top = test[order]
         stderr = float(top.std(ddof=1) / math.sqrt(n_top)) if n_top > 1 else math.nan
         out.append(TopTrials(r, int(val.size), n_top, float(top.mean()), stderr))
+    return out
+
+
+def gate_costs(results: list[GroupCurve]) -> list[GateCost]:
+    def finished(r: GroupCurve, key: str) -> np.ndarray:
+        values = [t.metrics.get(key, math.nan) for s in r.studies for t in s.trials if t.finished]
+        return np.array([v for v in values if math.isfinite(v)], dtype=float)
+
+    out = []
+    for r in results:
+        active, speed = finished(r, ACTIVE_EXPERTS), finished(r, TRAIN_SAMPLES_PER_SECOND)
+        out.append(
+            GateCost(
+                r,
+                float(active.mean()) if active.size else math.nan,
+                float(np.median(speed)) if speed.size else math.nan,
+            )
+        )
     return out
 
 

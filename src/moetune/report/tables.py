@@ -20,6 +20,7 @@ from moetune.report.analysis import (
     GATE_LABELS,
     TOP_FRACTION,
     Analysis,
+    GateCost,
     GroupCurve,
     ReductionKey,
     TopTrials,
@@ -29,6 +30,7 @@ from moetune.report.analysis import (
 )
 
 REPORT_BUDGETS = (1, 10, 100)  # the summary's curve columns
+GATE_BUDGETS = (1, 16)  # the gates-side-by-side columns: one trial, and a small tuning budget
 SAMPLER_TEXT = {"random": "random search", "tpe": "TPE"}
 CSV_COLUMNS = [
     "study",
@@ -233,6 +235,36 @@ def _top_table(tops: list[TopTrials], metric: str) -> list[str]:
     return lines + [""]
 
 
+def _gates_table(costs: list[GateCost], metric: str) -> list[str]:
+    """Every gate of a setting in one table: quality at 1 and 16 trials, and what its trials cost to run."""
+    lines: list[str] = []
+    mine = [c for c in costs if c.result.metric == metric]
+    for setting in sorted({c.result.setting for c in mine}):
+        rows = [c for c in mine if c.result.setting == setting]
+        if len({c.result.gate for c in rows}) < 2:
+            continue
+        lines += [
+            f"### Gates side by side — {setting_text(*setting)}",
+            "",
+            "| gate | trials (failed) | "
+            + " | ".join(f"n = {n}" for n in GATE_BUDGETS)
+            + " | best | active experts | training samples/s |",
+            "|---|---|" + "---|" * len(GATE_BUDGETS) + "---|---|---|",
+        ]
+        order = {gate: i for i, gate in enumerate(GATE_LABELS)}
+        for c in sorted(rows, key=lambda c: (order.get(c.result.gate, len(order)), c.result.gate, c.result.sampler)):
+            r, curve = c.result, c.result.curve
+            cells = [_fmt(curve.at(n)) if n <= curve.budgets.max() else "—" for n in GATE_BUDGETS]
+            speed = "—" if not np.isfinite(c.samples_per_second) else f"{c.samples_per_second:,.0f}"
+            lines.append(
+                f"| {label(r.gate, r.local_search, r.sampler)} | {curve.n_trials} ({curve.n_failed}) | "
+                + " | ".join(cells)
+                + f" | {_fmt(r.best)} | {_fmt(c.active_experts)} | {speed} |"
+            )
+        lines.append("")
+    return lines
+
+
 def write_summary(path: Path, experiment: str, analysis: Analysis) -> None:
     """The answer first, then per metric and panel (setting x gate) the curves' values and the reductions."""
     level, results, reductions = analysis.level, analysis.curves, analysis.reductions
@@ -253,6 +285,7 @@ def write_summary(path: Path, experiment: str, analysis: Analysis) -> None:
     ]
     for metric in sorted({r.metric for r in results}):
         lines += [f"## {direction_text(metric)}", ""]
+        lines += _gates_table(analysis.costs, metric)
         mine = [r for r in results if r.metric == metric]
         for setting in sorted({r.setting for r in mine}):
             for gate in sorted({r.gate for r in mine if r.setting == setting}):

@@ -34,6 +34,7 @@ class TrainResult:
     diagnostics: dict = field(default_factory=dict)
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    train_samples_per_second: float = 0.0  # training steps only: what the gate and experts cost to train
 
     def final_metrics(self) -> dict[str, float]:
         """The final metrics of the trial-report contract: best_val_*, test_*, timings, active experts."""
@@ -42,6 +43,7 @@ class TrainResult:
         out[contract.BEST_EPOCH] = float(self.best_epoch)
         out[contract.WALL_SECONDS] = self.wall_seconds
         out[contract.CPU_SECONDS] = self.cpu_seconds
+        out[contract.TRAIN_SAMPLES_PER_SECOND] = self.train_samples_per_second
         out[contract.ACTIVE_EXPERTS] = self.diagnostics[contract.ACTIVE_EXPERTS]
         if contract.ROUTING_NMI in self.diagnostics:
             out[contract.ROUTING_NMI] = self.diagnostics[contract.ROUTING_NMI]
@@ -129,8 +131,10 @@ class Trainer:
         ls = model.local_search
         best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
         history = []
+        step_seconds, step_samples = 0.0, 0
         for epoch in range(1, cfg.max_epochs + 1):
             model.train()
+            epoch_start = time.perf_counter()
             order = torch.randperm(len(train), generator=generator).to(self.device)
             loss_sum = torch.zeros(len(self.data.tasks), device=self.device)
             for b in range(n_batches):
@@ -144,9 +148,11 @@ class Trainer:
                 loss.backward()
                 optimizer.step()
                 loss_sum += losses.detach()
+            train_losses = (loss_sum / n_batches).tolist()  # on the host: also waits for the device's steps
+            step_seconds += time.perf_counter() - epoch_start
+            step_samples += len(train)
             if ls is not None and not ls.frozen and epoch >= self.ls_cfg.e_perm:
                 ls.freeze()
-            train_losses = (loss_sum / n_batches).tolist()
             bad = [task.name for task, v in zip(self.data.tasks, train_losses, strict=False) if not math.isfinite(v)]
             if bad:
                 raise TrainingDivergedError(epoch, f"non-finite training loss for task(s) {bad} (lower train.lr?)")
@@ -175,6 +181,7 @@ class Trainer:
         )
         result.wall_seconds = time.perf_counter() - start_wall
         result.cpu_seconds = time.process_time() - start_cpu
+        result.train_samples_per_second = step_samples / max(step_seconds, 1e-9)
         return result
 
     @torch.no_grad()
