@@ -235,6 +235,15 @@ def _top_table(tops: list[TopTrials], metric: str) -> list[str]:
     return lines + [""]
 
 
+def _budget_columns(budgets: Iterable[int]) -> str:
+    return " | ".join(f"n = {n}" for n in budgets)
+
+
+def _budget_cells(curve: budget.Curve, budgets: Iterable[int]) -> str:
+    """The curve's value at each budget, "—" beyond its trials."""
+    return " | ".join(_fmt(curve.at(n)) if n <= curve.budgets.max() else "—" for n in budgets)
+
+
 def _gates_table(costs: list[GateCost], metric: str) -> list[str]:
     """Every gate of a setting in one table: quality at 1 and 16 trials, and what its trials cost to run."""
     lines: list[str] = []
@@ -246,20 +255,17 @@ def _gates_table(costs: list[GateCost], metric: str) -> list[str]:
         lines += [
             f"### Gates side by side — {setting_text(*setting)}",
             "",
-            "| gate | trials (failed) | "
-            + " | ".join(f"n = {n}" for n in GATE_BUDGETS)
-            + " | best | active experts | training samples/s |",
+            f"| gate | trials (failed) | {_budget_columns(GATE_BUDGETS)} | best | active experts | "
+            "training samples/s |",
             "|---|---|" + "---|" * len(GATE_BUDGETS) + "---|---|---|",
         ]
         order = {gate: i for i, gate in enumerate(GATE_LABELS)}
         for c in sorted(rows, key=lambda c: (order.get(c.result.gate, len(order)), c.result.gate, c.result.sampler)):
             r, curve = c.result, c.result.curve
-            cells = [_fmt(curve.at(n)) if n <= curve.budgets.max() else "—" for n in GATE_BUDGETS]
             speed = "—" if not np.isfinite(c.samples_per_second) else f"{c.samples_per_second:,.0f}"
             lines.append(
                 f"| {label(r.gate, r.local_search, r.sampler)} | {curve.n_trials} ({curve.n_failed}) | "
-                + " | ".join(cells)
-                + f" | {_fmt(r.best)} | {_fmt(c.active_experts)} | {speed} |"
+                f"{_budget_cells(curve, GATE_BUDGETS)} | {_fmt(r.best)} | {_fmt(c.active_experts)} | {speed} |"
             )
         lines.append("")
     return lines
@@ -293,17 +299,14 @@ def write_summary(path: Path, experiment: str, analysis: Analysis) -> None:
                 lines += [
                     f"### {GATE_LABELS.get(gate, gate)} — {setting_text(*setting)}",
                     "",
-                    "| curve | estimator | trials (failed) | best | "
-                    + " | ".join(f"n = {n}" for n in REPORT_BUDGETS)
-                    + " |",
+                    f"| curve | estimator | trials (failed) | best | {_budget_columns(REPORT_BUDGETS)} |",
                     "|---|---|---|---|" + "---|" * len(REPORT_BUDGETS),
                 ]
                 for r in sorted(rows, key=lambda r: (r.sampler, ARM_ORDER.get(r.local_search, 3))):
                     c = r.curve
-                    cells = [_fmt(c.at(n)) if n <= c.budgets.max() else "—" for n in REPORT_BUDGETS]
                     lines.append(
                         f"| {label(r.gate, r.local_search, r.sampler)} | {c.estimator} | "
-                        f"{c.n_trials} ({c.n_failed}) | {_fmt(r.best)} | " + " | ".join(cells) + " |"
+                        f"{c.n_trials} ({c.n_failed}) | {_fmt(r.best)} | {_budget_cells(c, REPORT_BUDGETS)} |"
                     )
                 lines.append("")
                 for sampler in sorted({r.sampler for r in rows}):
