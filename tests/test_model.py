@@ -141,7 +141,7 @@ def test_mix_sparse_with_no_active_expert_gives_zeros():
 # --- through the model -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("gate", ["topk", "hash"])
+@pytest.mark.parametrize("gate", ["topk", "hash", "xmoe", "expert_choice", "usmoe"])
 @pytest.mark.parametrize("local_search", [False, True])
 def test_model_sparse_equals_dense_mlp(gate, local_search):
     torch.manual_seed(5)
