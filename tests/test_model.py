@@ -221,8 +221,8 @@ def test_model_auto_compute_stays_dense_for_dense_gates_and_while_learning_a_per
 # bad sizes and choices fail where the config is made (its type checks them); gate.k against the number
 # of experts is a cross-field check (moetune.config.check_study); a gate's own keys are the gate's to check
 BAD_MODEL = [
-    (dict(n_experts=1), dict(name="topk", k=1), "model.n_experts"),
-    (dict(n_experts=1), dict(name="softmax", k=1), "model.n_experts"),
+    (dict(n_experts=0), dict(name="topk", k=1), "model.n_experts"),
+    (dict(n_experts=0), dict(name="softmax", k=1), "model.n_experts"),
     (dict(expert_hidden=[0]), dict(name="topk", k=2), "model.expert_hidden"),
     (dict(expert_hidden=[8, -3]), dict(name="topk", k=2), "model.expert_hidden"),
     (dict(expert_hidden=[]), dict(name="topk", k=2), "model.expert_hidden"),

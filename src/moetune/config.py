@@ -46,9 +46,13 @@ class ModelConfig:
     dense_hidden: list[int] = field(default_factory=lambda: [64])
     head_hidden: list[int] = field(default_factory=lambda: [256])
     compute: str = "auto"  # auto | dense | sparse: how experts run when the gate is sparse
+    # sparse upcycling (moetune.moe.upcycle): start from a dense (one-expert) model, a checkpoint file or
+    # an MLflow run id (a trial run, or a study run: its best trial with saved weights)
+    init_from: str | None = None
+    init_noise: float = 0.0  # noise std added to each copied expert weight, relative to that tensor's std
 
     def __post_init__(self) -> None:
-        _require(self.n_experts >= 2, f"model.n_experts must be at least 2 (got {self.n_experts})")
+        _require(self.n_experts >= 1, f"model.n_experts must be at least 1 (got {self.n_experts})")
         _one_of("model.expert_type", self.expert_type, ("mlp", "cnn"))
         _one_of("model.compute", self.compute, ("auto", "dense", "sparse"))
         _require(
@@ -62,6 +66,11 @@ class ModelConfig:
         _require(
             0.0 <= self.expert_dropout < 1.0, f"model.expert_dropout must be in [0, 1) (got {self.expert_dropout})"
         )
+        _require(
+            self.init_noise >= 0 and math.isfinite(self.init_noise),
+            f"model.init_noise must be a non-negative number (got {self.init_noise})",
+        )
+        _require(self.init_from != "", "model.init_from must be a checkpoint path or an MLflow run id (got '')")
 
 
 @dataclass
@@ -112,6 +121,7 @@ class TrainConfig:
     seed: int | None = None  # set per trial (trial_seed); null: the study's seed
     device: str = "auto"  # auto | cpu | cuda
     eval_batch_size: int = 8192
+    save_weights: bool = False  # log each finished trial's best weights as its run's artifact weights/model.pt
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
@@ -237,6 +247,11 @@ def check_study(config: StudyConfig) -> None:
     _require(
         gate.name == "softmax" or gate.k <= model.n_experts,
         f"gate.k must be between 1 and model.n_experts={model.n_experts} (got k={gate.k})",
+    )
+    _require(
+        not ls.enabled or model.n_experts >= 2,
+        f"local_search={ls.name} needs at least 2 experts (model.n_experts={model.n_experts} has nothing to "
+        "permute or mix); use local_search=off",
     )
     _require(
         not ls.enabled or ls.e_perm <= train.max_epochs,

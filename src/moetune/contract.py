@@ -53,6 +53,7 @@ TRAIN_LOSS = "train_loss"  # per epoch: task-weighted training loss
 VAL_LOSS = "val_loss"  # per epoch: task-weighted validation loss, what selects a trial
 BEST_EPOCH = "best_epoch"
 NODE = "node"  # diagnostics: the Ray node a trial ran on
+WEIGHTS_ERROR = "weights_error"  # diagnostics: why a finished trial's weights were not saved (train.save_weights)
 WALL_SECONDS = "wall_seconds"
 CPU_SECONDS = "cpu_seconds"
 ACTIVE_EXPERTS = "active_experts_mean"

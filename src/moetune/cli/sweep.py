@@ -33,7 +33,8 @@ def run_sweep_or_exit(job_configs: list[DictConfig], sweep_dir: Path) -> list[di
 
     try:
         datasets: dict = {}
-        plans = [plan_study(cfg, datasets) for cfg in job_configs]
+        checkpoints: dict = {}  # a dense checkpoint (model.init_from) is loaded once for the multirun
+        plans = [plan_study(cfg, datasets, checkpoints) for cfg in job_configs]
         summaries = run_sweep(plans, sweep_dir)
     except MoetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)

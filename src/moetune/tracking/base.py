@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moetune.contract import EpochReport, FinalReport, Outcome
+from moetune.errors import ConfigError
 
 
 @dataclass
@@ -70,6 +71,11 @@ class StudyRecord(abc.ABC):
         """Close the trial's record with its outcome; FINISHED carries the final report, FAILED the error,
         STOPPED leaves it open for ``close`` (an interrupted attempt, run again on resume)."""
 
+    def log_weights(self, number: int, data: bytes) -> None:
+        """Keep trial ``number``'s best weights (a torch.save'd state dict) with its record (train.save_weights);
+        called before ``end_trial``. Raises on failure; the driver records why."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep trial weights")
+
     @abc.abstractmethod
     def counts(self) -> tuple[int, int]:
         """(finished, failed) trials so far."""
@@ -120,6 +126,12 @@ class Tracking(abc.ABC):
     @abc.abstractmethod
     def log_export(self, experiment: str, files: list[Path], params: dict[str, str]) -> None:
         """Keep the report's files with the sweep (replacing an earlier export)."""
+
+    def load_weights(self, run_id: str) -> tuple[bytes, str]:
+        """The saved weights a run names (model.init_from): a trial's own, or a study's best finished trial's
+        (by the study's selection metric) among those with saved weights; with a line saying which. Raises
+        ConfigError (one line) when there is no such run or no saved weights; writes nothing."""
+        raise ConfigError(f"tracking backend {type(self).__name__} cannot load weights by run id; give a file path")
 
     @abc.abstractmethod
     def browse_hint(self, experiment_id: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import yaml
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import moetune
-from moetune.contract import NODE, EpochReport, FinalReport, Outcome
+from moetune.contract import NODE, WEIGHTS_ERROR, EpochReport, FinalReport, Outcome
 from moetune.errors import ConfigError, SweepLockedError
 from moetune.tracking import tags as T
 from moetune.tracking.base import (
@@ -102,6 +105,7 @@ class MlflowTracking(Tracking):
         self._client: MlflowClient | None = None
         # with a server, MLflow prints a "View run ... at" line per run ended: the browse hint says it once
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per weights download
 
     @property
     def client(self) -> MlflowClient:
@@ -221,6 +225,70 @@ class MlflowTracking(Tracking):
             study.trials.sort(key=lambda t: t.index)
         return RecordedSweep(exp.name, exp.experiment_id, sorted(studies.values(), key=lambda s: s.key))
 
+    def load_weights(self, run_id: str) -> tuple[bytes, str]:
+        """A trial run's saved weights, or a study run's best finished trial's among those saved (by the
+        study's own selection metric, best_<tuner.metric> in its tuner.mode); reads only."""
+        fix = "give a checkpoint path, or the run id of a study or trial run saved with train.save_weights=true"
+        try:
+            self.check(must_exist=True)
+        except ConfigError:
+            raise ConfigError(
+                f"no checkpoint file by that name, and no tracking store at {self.uri} to find it in as a run id; {fix}"
+            ) from None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            raise ConfigError(f"no checkpoint file by that name, and no run with that id in {self.uri}; {fix}")
+        role = run.data.tags.get(T.ROLE)
+        if role == T.STUDY:
+            trial, note = self._best_saved_trial(run)
+        elif role == T.TRIAL:
+            trial, note = run, ""
+            if T.WEIGHTS not in run.data.tags:
+                why = run.data.tags.get(T.WEIGHTS_ERROR, "its study ran without train.save_weights=true")
+                raise ConfigError(f"{_trial_name(run)} has no saved weights ({why}); {fix}")
+        else:
+            raise ConfigError(f"run {run_id} is not a moetune study or trial run; {fix}")
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                data = Path(self.client.download_artifacts(trial.info.run_id, T.WEIGHTS_ARTIFACT, tmp)).read_bytes()
+            except (MlflowException, OSError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(
+                    f"{_trial_name(trial)}: its weights artifact {T.WEIGHTS_ARTIFACT} cannot be read ({first}); {fix}"
+                ) from None
+        return data, f"{_trial_name(trial)}{note}"
+
+    def _best_saved_trial(self, study: Run) -> tuple[Run, str]:
+        metric, mode = "val_loss", "min"
+        with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(Exception):
+            recorded = Path(self.client.download_artifacts(study.info.run_id, "config.yaml", tmp))
+            tuner = yaml.safe_load(recorded.read_text())["tuner"]
+            metric, mode = tuner["metric"], tuner["mode"]
+        selection = "best_" + metric
+        children = self._runs(
+            study.info.experiment_id,
+            f"tags.`{T.PARENT_RUN_ID}` = '{study.info.run_id}' and tags.`{T.ROLE}` = '{T.TRIAL}'",
+        )
+        saved = [
+            r
+            for r in children
+            if r.info.status == "FINISHED"
+            and T.WEIGHTS in r.data.tags
+            and math.isfinite(r.data.metrics.get(selection, math.nan))
+        ]
+        if not saved:
+            key = study.data.tags.get(T.STUDY_KEY, study.info.run_id)
+            raise ConfigError(
+                f"study {key} (run {study.info.run_id}) has no finished trial with saved weights; "
+                "run it with train.save_weights=true, or give a checkpoint path"
+            )
+        sign = 1.0 if mode == "min" else -1.0
+        best = min(saved, key=lambda r: (sign * r.data.metrics[selection], int(r.data.tags.get(T.TRIAL_INDEX, 0))))
+        return best, f", the best of {len(saved)} with saved weights by {selection}={best.data.metrics[selection]:.6g}"
+
     def browse_hint(self, experiment_id: str) -> str:
         page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
         if self.uri.startswith(("http://", "https://")):
@@ -229,6 +297,13 @@ class MlflowTracking(Tracking):
             f"browse: mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000, "
             f"then open http://127.0.0.1:5000/{page}"
         )
+
+
+def _trial_name(run: Run) -> str:
+    """e.g. "trial-003 of study softmax-ls_off-synthetic-seed0 (run 1f2e...)"."""
+    tags = run.data.tags
+    index = int(tags.get(T.TRIAL_INDEX, -1))
+    return f"trial-{index:03d} of study {tags.get(T.STUDY_KEY, '?')} (run {run.info.run_id})"
 
 
 class MlflowStudyRecord(StudyRecord):
@@ -345,6 +420,8 @@ class MlflowStudyRecord(StudyRecord):
                 tags.append(RunTag(T.INIT_DIGEST, diagnostics[T.INIT_DIGEST]))
             if NODE in diagnostics:
                 tags.append(RunTag(T.NODE, str(diagnostics[NODE])))
+            if WEIGHTS_ERROR in diagnostics:
+                tags.append(RunTag(T.WEIGHTS_ERROR, _clean(diagnostics[WEIGHTS_ERROR])))
             metrics = [Metric(k, float(v), now, 0) for k, v in final.metrics.items()]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
             self.client.log_dict(run_id, diagnostics, "diagnostics.json")
@@ -352,6 +429,15 @@ class MlflowStudyRecord(StudyRecord):
             self.client.set_tag(run_id, T.ERROR, _clean(error))
         self.client.set_terminated(run_id, outcome.value)
         self.status[number] = outcome.value
+
+    def log_weights(self, number: int, data: bytes) -> None:
+        run_id = self.runs[number]
+        folder, name = T.WEIGHTS_ARTIFACT.rsplit("/", 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self.client.log_artifact(run_id, str(path), folder)
+        self.client.set_tag(run_id, T.WEIGHTS, T.WEIGHTS_ARTIFACT)
 
     def counts(self) -> tuple[int, int]:
         statuses = list(self.status.values())

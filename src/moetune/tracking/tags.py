@@ -4,7 +4,8 @@ Layout of a sweep (MLflow's terms; another backend keeps the same shape):
 - one experiment per sweep (its name is the sweep name);
 - one parent run per study, tag ROLE=STUDY, the tags below, params = the search space;
 - one nested child run per trial, tag ROLE=TRIAL and PARENT_RUN_ID, params = the sampled
-  hyperparameters, per-epoch metrics (step = epoch), final metrics, status FINISHED or FAILED;
+  hyperparameters, per-epoch metrics (step = epoch), final metrics, status FINISHED or FAILED; with
+  train.save_weights, its best weights as the artifact WEIGHTS_ARTIFACT (tag WEIGHTS);
 - one run tagged ROLE=EXPORT holding the report's files;
 - while a driver runs the sweep, one run tagged ROLE=DRIVER: the sweep's lock (its PID, host, heartbeat).
 """
@@ -36,5 +37,9 @@ ERROR = "moetune.error"  # set on FAILED trials: the error's one-line message
 PERMUTATION = "permutation"  # the learned permutation of a local-search trial, as JSON
 NODE = "moetune.node"  # the Ray node a finished trial ran on
 INIT_DIGEST = "init_digest"  # fingerprint of the trial's initial weights
+WEIGHTS = "moetune.weights"  # on a trial whose best weights were saved (train.save_weights): the artifact's path
+WEIGHTS_ARTIFACT = "weights/model.pt"  # torch.save of the best epoch's state dict, CPU tensors
+WEIGHTS_ERROR = "moetune.weights_error"  # on a finished trial whose weights could not be saved: why
+INIT_FROM = "moetune.init_from"  # on an upcycled study: the dense checkpoint it started from
 EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment by its kind
 MODEL_TRAINING = "custom_model_development"

@@ -6,7 +6,7 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,7 @@ from moetune.contract import TASK_KINDS, FinalReport
 from moetune.data.base import MultiTaskData, Split, Task
 from moetune.errors import ConfigError, TrainingDivergedError
 from moetune.moe import MMoE
+from moetune.moe.upcycle import upcycle
 from moetune.training.metrics import normalized_mutual_info, roc_auc
 
 
@@ -106,7 +107,10 @@ class Trainer:
         gate_cfg: GateConfig,
         ls_cfg: LocalSearchConfig,
         train_cfg: TrainConfig,
+        init_state: Mapping[str, torch.Tensor] | None = None,
     ):
+        """``init_state``: a dense (one-expert) model's state dict to upcycle from (moetune.moe.upcycle), the
+        checkpoint ``model_cfg.init_from`` names; its noise (``model_cfg.init_noise``) is drawn from the seed."""
         # the config was checked once, on the driver (moetune.config); a trial does not check it again
         self.data = data
         self.cfg = train_cfg
@@ -114,7 +118,10 @@ class Trainer:
         self.ls_cfg = ls_cfg
         self.device = resolve_device(train_cfg.device)
         torch.manual_seed(self.seed)
-        self.model = MMoE(data, model_cfg, gate_cfg, ls_cfg).to(self.device)
+        model = MMoE(data, model_cfg, gate_cfg, ls_cfg)
+        if init_state is not None:
+            upcycle(model, init_state, model_cfg.init_noise, self.seed, model_cfg.init_from or "")
+        self.model = model.to(self.device)
         self.init_digest = weights_digest(self.model)
         weights = train_cfg.task_weights or [1.0] * len(data.tasks)
         self.task_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)

@@ -11,6 +11,7 @@ is in the store). Everything is validated before Ray starts: bad input costs sec
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import time
@@ -18,16 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
 from ray.tune.search import Searcher
 
 from moetune.config import StudyConfig, check_tasks, trial_seed, weights_label
-from moetune.contract import EpochReport, FinalReport, Outcome, outcome_of, parse_report
+from moetune.contract import WEIGHTS_ERROR, EpochReport, FinalReport, Outcome, outcome_of, parse_report
 from moetune.data import MultiTaskData, load_dataset
 from moetune.errors import ConfigError
 from moetune.moe import MMoE
+from moetune.moe.upcycle import check_checkpoint
 from moetune.tracking import StudyRecord, Tracking
 from moetune.tracking import tags as T
 from moetune.tuning.callback import RecordingCallback, SweepSearcher, live
@@ -38,6 +41,7 @@ from moetune.tuning.search_space import Space
 from moetune.tuning.searcher import StudySampler, build_sampler
 from moetune.tuning.signals import StopSignals
 from moetune.tuning.trial import NUMBER, STUDY, run_trial
+from moetune.tuning.weights import WeightsInbox, take_weights, weights_key
 
 # settings of the sweep as a whole: every study of a multirun must agree on them
 SWEEP_SETTINGS = (
@@ -57,6 +61,8 @@ class PlannedStudy:
     config: StudyConfig
     space: Space
     config_yaml: str
+    init_state: dict[str, torch.Tensor] | None = None  # the dense checkpoint model.init_from names, checked
+    init_source: str | None = None  # which checkpoint that is, in words
 
     @property
     def key(self) -> str:
@@ -80,9 +86,43 @@ def _absolute_paths(config: StudyConfig) -> StudyConfig:
     return dataclasses.replace(config, dataset=dataset)
 
 
-def plan_study(cfg: DictConfig, datasets: dict[str, MultiTaskData] | None = None) -> PlannedStudy:
+def load_checkpoint(config: StudyConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict ``model.init_from`` names: a checkpoint file, or an MLflow run id in the study's
+    tracking store (a trial run with saved weights, or a study run: its best trial with saved weights).
+    Reads only; every failure is one ConfigError line naming the problem and the fix."""
+    ref = str(config.model.init_from)
+    path = Path(ref).expanduser()
+    try:
+        if path.is_file():
+            data, source = path.read_bytes(), str(path.resolve())
+        elif path.suffix or "/" in ref or os.sep in ref or ref.startswith((".", "~")):
+            raise ConfigError(f"no checkpoint file {path}; give an existing file or an MLflow run id")
+        else:
+            tracking: Tracking = instantiate(dataclasses.asdict(config.tracking))
+            data, source = tracking.load_weights(ref)
+    except OSError as exc:
+        raise ConfigError(f"model.init_from={ref}: cannot read {path} ({exc.strerror}); fix its permissions") from None
+    except ConfigError as exc:
+        raise ConfigError(f"model.init_from={ref}: {exc}") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"model.init_from={ref}: {source} is not a torch checkpoint ({first}); give a file saved with "
+            "torch.save(model.state_dict()) or a run saved with train.save_weights=true"
+        ) from None
+    return state, source
+
+
+def plan_study(
+    cfg: DictConfig,
+    datasets: dict[str, MultiTaskData] | None = None,
+    checkpoints: dict[str, tuple[dict[str, torch.Tensor], str]] | None = None,
+) -> PlannedStudy:
     """Validate one composed job config: types and ranges, search space, sampler, data, and the model
-    built once on the CPU (catches a gate or expert that does not fit the data)."""
+    built once on the CPU (catches a gate or expert that does not fit the data); with model.init_from,
+    the dense checkpoint loaded (once per multirun: ``checkpoints``) and checked against that model."""
     config, space = load_study(cfg)
     config = _absolute_paths(config)
     datasets = {} if datasets is None else datasets
@@ -92,9 +132,17 @@ def plan_study(cfg: DictConfig, datasets: dict[str, MultiTaskData] | None = None
     data = datasets[data_key]
     check_tasks(config, len(data.tasks))
     trial = config.for_trial()
-    MMoE(data, trial.model, trial.gate, trial.local_search)
+    model = MMoE(data, trial.model, trial.gate, trial.local_search)
+    init_state, init_source = None, None
+    if config.model.init_from:
+        checkpoints = {} if checkpoints is None else checkpoints
+        ref = json.dumps([config.model.init_from, config.tracking.uri])
+        if ref not in checkpoints:
+            checkpoints[ref] = load_checkpoint(config)
+        init_state, init_source = checkpoints[ref]
+        check_checkpoint(init_state, model, config.model.init_from)
     build_sampler(config)
-    return PlannedStudy(config, space, OmegaConf.to_yaml(cfg, resolve=True))
+    return PlannedStudy(config, space, OmegaConf.to_yaml(cfg, resolve=True), init_state, init_source)
 
 
 def _setting(config: StudyConfig, dotted: str) -> Any:
@@ -168,10 +216,12 @@ class LiveStudy:
 
 
 class Driver:
-    """The live sweep Tune's hooks call into (moetune.tuning.callback)."""
+    """The live sweep Tune's hooks call into (moetune.tuning.callback). ``inbox``: where trials of studies
+    with train.save_weights leave their best weights (moetune.tuning.weights)."""
 
-    def __init__(self, studies: list[LiveStudy]):
+    def __init__(self, studies: list[LiveStudy], inbox: Any = None):
         self.studies = {s.plan.key: s for s in studies}
+        self.inbox = inbox
         self.attempts: dict[str, tuple[LiveStudy, int]] = {}  # Tune's trial id -> (study, trial number)
         self.progress = SweepProgress([s.progress for s in studies])
 
@@ -207,12 +257,30 @@ class Driver:
             return
         final = parse_report(last_result) if outcome is Outcome.FINISHED else None
         final = final if isinstance(final, FinalReport) else None
+        if study.config.train.save_weights:
+            self._keep_weights(study, number, final)
         study.record.end_trial(number, outcome, final, error)
         value = final.metrics.get(study.sampler.selection) if final is not None else None
         study.sampler.tell(number, value)
         if error is not None:
             self.progress.message(f"[{study.plan.key}] trial-{number:03d} FAILED: {error}")
         self.progress.trial_ended(study.plan.key, outcome is Outcome.FAILED, value, study.config.tuner.mode)
+
+    def _keep_weights(self, study: LiveStudy, number: int, final: FinalReport | None) -> None:
+        """Log a finished trial's weights on its record; a failure goes into its diagnostics (recorded as a
+        tag) and gets a line. The weights of a trial that did not finish are dropped from the inbox."""
+        data, why = take_weights(self.inbox, weights_key(study.plan.key, number)) if self.inbox else (None, "no inbox")
+        if final is None:
+            return
+        why = final.diagnostics.get(WEIGHTS_ERROR) or why
+        if data is not None and WEIGHTS_ERROR not in final.diagnostics:
+            try:
+                study.record.log_weights(number, data)
+                return
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        final.diagnostics[WEIGHTS_ERROR] = why
+        self.progress.message(f"[{study.plan.key}] trial-{number:03d}: weights not saved: {why}")
 
     def on_step(self) -> None:
         self.progress.tick()
@@ -235,7 +303,10 @@ def run_sweep(plans: list[PlannedStudy], sweep_dir: Path) -> list[dict[str, Any]
         try:
             for plan in plans:
                 space = {k: str(v) for k, v in plan.space.items()}
-                record = tracking.open_study(plan.key, study_tags(plan.config), space, plan.config_yaml)
+                tags = study_tags(plan.config)
+                if plan.init_source:
+                    tags[T.INIT_FROM] = plan.init_source
+                record = tracking.open_study(plan.key, tags, space, plan.config_yaml)
                 studies.append(LiveStudy(plan, record))
             if any(s.todo for s in studies):
                 _fit(studies, first, sweep_dir, signals)
@@ -262,9 +333,16 @@ def _fit(studies: list[LiveStudy], first: StudyConfig, sweep_dir: Path, signals:
         f"{tuner_cfg.concurrency} at a time",
         flush=True,
     )
-    driver = Driver(studies)
+    for study in studies:
+        if study.plan.init_source and study.todo:
+            print(f"[{study.plan.key}] experts upcycled from {study.plan.init_source}", flush=True)
+    inbox = WeightsInbox.remote() if any(s.config.train.save_weights for s in studies) else None
+    driver = Driver(studies, inbox)
+    inits = {s.plan.key: s.plan.init_state for s in studies if s.plan.init_state is not None}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, studies={s.plan.key: s.config for s in studies}),
+        tune.with_parameters(
+            run_trial, studies={s.plan.key: s.config for s in studies}, inits=inits or None, inbox=inbox
+        ),
         {"cpu": tuner_cfg.cpus_per_trial, "gpu": tuner_cfg.gpus_per_trial},
     )
     name = first.sweep.name

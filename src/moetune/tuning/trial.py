@@ -11,9 +11,10 @@ import torch
 from ray import tune
 
 from moetune.config import StudyConfig
-from moetune.contract import NODE, EpochReport
+from moetune.contract import NODE, WEIGHTS_ERROR, EpochReport
 from moetune.data import MultiTaskData, load_dataset
 from moetune.training import Trainer
+from moetune.tuning.weights import send_weights, weights_key
 
 STUDY, NUMBER = "moetune.study", "moetune.trial"  # keys of a trial's config naming its study and number
 
@@ -29,15 +30,29 @@ def cached_dataset(params: dict) -> MultiTaskData:
     return _DATA_CACHE[key]
 
 
-def run_trial(trial_config: dict[str, Any], studies: dict[str, StudyConfig]) -> None:
-    """Train one sampled configuration of its study: an EpochReport every epoch, then the FinalReport."""
-    study = studies[trial_config[STUDY]]
+def run_trial(
+    trial_config: dict[str, Any],
+    studies: dict[str, StudyConfig],
+    inits: dict[str, dict[str, torch.Tensor]] | None = None,
+    inbox: Any = None,
+) -> None:
+    """Train one sampled configuration of its study: an EpochReport every epoch, then the FinalReport.
+    ``inits``: the dense checkpoint of each upcycled study (model.init_from), loaded and checked by the
+    driver; ``inbox``: where a study with train.save_weights hands its best weights (moetune.tuning.weights)."""
+    key, number = trial_config[STUDY], trial_config[NUMBER]
+    study = studies[key]
     sampled = {k: v for k, v in trial_config.items() if k not in (STUDY, NUMBER)}
     torch.set_num_threads(max(1, int(study.tuner.cpus_per_trial)))
     config = study.for_trial(sampled)
     selection = study.tuner.metric
-    trainer = Trainer(cached_dataset(config.dataset), config.model, config.gate, config.local_search, config.train)
+    data = cached_dataset(config.dataset)
+    init = (inits or {}).get(key)
+    trainer = Trainer(data, config.model, config.gate, config.local_search, config.train, init_state=init)
     result = trainer.fit(on_epoch=lambda epoch, metrics: tune.report(EpochReport(epoch, metrics).to_tune(selection)))
     report = result.report()
     report.diagnostics[NODE] = ray.get_runtime_context().get_node_id()  # where it ran, on a cluster
+    if config.train.save_weights:  # the best epoch's weights: fit restored them
+        error = send_weights(inbox, weights_key(key, number), trainer.model) if inbox is not None else "no inbox"
+        if error is not None:
+            report.diagnostics[WEIGHTS_ERROR] = error
     tune.report(report.to_tune(selection))
