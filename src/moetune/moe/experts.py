@@ -244,6 +244,8 @@ class MLPExperts(nn.Module):
         h = h.view(x.shape[0], n, -1).transpose(0, 1)  # n x B x d
         for w, b in zip(self.weights[1:-1], self.biases[1:-1], strict=False):
             h = self._dropout(F.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
+        if n == 1:  # one expert (a dense model): the transposed reshape below would be a view, not fresh
+            return torch.mm(h[0], self.weights[-1][0])
         return torch.bmm(h, self.weights[-1]).transpose(0, 1).reshape(x.shape[0], -1)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
