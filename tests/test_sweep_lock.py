@@ -51,7 +51,7 @@ def test_second_lock_is_refused_naming_the_holder_and_released_locks_are_gone(tr
 
 def test_live_foreign_lock_is_refused_and_a_stale_one_taken_over(tracking):
     live = _foreign_driver(tracking, heartbeat_age=5)
-    with pytest.raises(SweepLockedError, match="pid 4242 on elsewhere, heartbeat 5s ago"):
+    with pytest.raises(SweepLockedError, match=r"pid 4242 on elsewhere, heartbeat [5-9]s ago"):  # 5 s + the wait
         tracking.lock_sweep()
     tracking.client.delete_run(live)
     _foreign_driver(tracking, heartbeat_age=MlflowSweepLock.STALE_SECONDS + 5)
