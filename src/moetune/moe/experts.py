@@ -267,6 +267,14 @@ class MLPExperts(nn.Module):
         params = [self.expert_weight(layer) for layer in range(len(self.weights))] + list(self.biases)
         return _SparseMLPMix.apply(x, row_weights, sample_index, bounds, self.dropout, self.training, *params)
 
+    def each(self, x: torch.Tensor) -> torch.Tensor:
+        """n x R x d -> n x R x out: expert e on its own rows x[e], one batched matmul per layer (Soft MoE's
+        slots: every expert runs the same number of rows)."""
+        h = x
+        for layer, b in enumerate(self.biases):
+            h = self._dropout(F.relu(torch.baddbmm(b.unsqueeze(1), h, self.expert_weight(layer))))
+        return h
+
     def one(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on the rows x."""
         h = x
@@ -309,6 +317,10 @@ class CNNExperts(nn.Module):
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([expert(x) for expert in self.experts], dim=1)
+
+    def each(self, x: torch.Tensor) -> torch.Tensor:
+        """n x R x image -> n x R x out: expert e on its own rows x[e]."""
+        return torch.stack([expert(rows) for expert, rows in zip(self.experts, x, strict=True)])
 
     def one(self, e: int, x: torch.Tensor) -> torch.Tensor:
         return self.experts[e](x)
@@ -366,8 +378,7 @@ def soft_mix(
     if hard:
         to_expert = assignment.argmax(1)  # group i -> expert to_expert[i]
         by_expert = slots.view(tasks, n, p, -1).transpose(0, 1)[to_expert.argsort()]  # expert j's group first
-        rows = by_expert.reshape(n * tasks * p, *x.shape[1:])
-        out = _grouped(experts, rows, [j * tasks * p for j in range(n + 1)])
+        out = experts.each(by_expert.reshape(n, tasks * p, *x.shape[1:]))  # expert j on its T * p slots
         out = out.view(n, tasks, p, -1)[to_expert].transpose(0, 1)  # back to T x group x p x out
     else:
         every = experts.dense(slots.reshape(tasks * n * p, *x.shape[1:])).view(tasks, n, p, n, -1)
