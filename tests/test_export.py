@@ -611,12 +611,47 @@ def test_one_figure_description_drives_both_renderers(tmp_path):
     np.testing.assert_allclose(np.array(named[2].customdata)[:, 3], curves[0].curve.budgets)
     np.testing.assert_allclose(named[2].x, curves[0].curve.budgets)
     assert all(fig.layout[f"xaxis{k}"].type == "log" for k in ("", "2", "3", "4"))
+    assert [fig.layout[f"yaxis{k}"].matches for k in ("", "2", "3", "4")] == [None, "y", None, "y3"]  # per setting
 
     figures.render_matplotlib(spec, tmp_path / "f.png", tmp_path / "f.svg")
     svg = (tmp_path / "f.svg").read_text()
     for text in [p.title for p in spec.panels] + [s.label for p in spec.panels for s in p.series]:
         assert text in svg, text
     assert svg.count("tuning budget (trials)") == 4 and svg.count("test_loss (lower is better)") == 2
+
+
+def test_more_gates_than_a_row_holds_wrap_onto_rows_of_their_setting(tmp_path):
+    """Four gates on one setting: two rows of three columns, the last cell a filler both renderers leave blank."""
+    setting = ("synthetic", "equal")
+    gates = ["expert_choice", "hash", "soft_moe", "topk"]
+    curves = [_curve_of(gate, "off", "random", setting, i) for i, gate in enumerate(gates)]
+    spec = figures.describe(curves, "test_loss", 0.9, x="trials")
+    assert spec.n_cols == figures.MAX_COLS == 3 and spec.rows == ["synthetic", "synthetic"]
+    assert [(p.row, p.col, p.title) for p in spec.panels] == [
+        (0, 0, "Expert Choice — synthetic"),
+        (0, 1, "Hash — synthetic"),
+        (0, 2, "Soft MoE — synthetic"),
+        (1, 0, "Top-k — synthetic"),
+        (1, 1, ""),
+        (1, 2, ""),
+    ]
+    assert [len(p.series) for p in spec.panels] == [1, 1, 1, 1, 0, 0]
+
+    fig = figures.render_plotly(spec)
+    assert [a.text for a in fig.layout.annotations] == [p.title for p in spec.panels if p.title]
+    # the setting's four panels share one y axis across its two rows; the fillers are hidden
+    assert [fig.layout[f"yaxis{k}"].matches for k in ("", "2", "3", "4")] == [None, "y", "y", "y"]
+    assert fig.layout.xaxis5.visible is False and fig.layout.yaxis6.visible is False
+    assert [t.name for t in fig.data if t.name] == [  # one setting: names carry no row
+        "Expert Choice, no local search",
+        "Hash, no local search",
+        "Soft MoE, no local search",
+        "Top-k, no local search",
+    ]
+    figures.render_matplotlib(spec, tmp_path / "f.png", tmp_path / "f.svg")
+    svg = (tmp_path / "f.svg").read_text()
+    assert svg.count("tuning budget (trials)") == 4  # the fillers draw no axes
+    assert svg.count("test_loss (lower is better)") == 2  # the first column of each row
 
 
 def test_print_answer_names_the_folder_the_answer_and_where_to_browse(tmp_path, capsys):

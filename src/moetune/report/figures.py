@@ -8,6 +8,7 @@ more, so both views matter. Panels: rows = settings (dataset, task weights), col
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ X_AXES = {
     "compute": ("compute_seconds", "tuning budget (compute seconds)"),
 }
 BAND_ALPHA = 0.15
+MAX_COLS = 3  # gates per figure row: more gates wrap onto further rows of the same setting
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class FigureSpec:
     title: str  # lines separated by "\n"
     x_label: str
     y_label: str  # shown on the first column
-    rows: list[str]  # each row's setting, e.g. "movielens, task weights 0.1, 0.9"
+    rows: list[str]  # each grid row's setting, e.g. "movielens, task weights 0.1, 0.9" (repeated when gates wrap)
     n_cols: int
     panels: list[Panel]  # the full grid, row by row; a panel may have no series
 
@@ -96,19 +98,24 @@ def describe(curves: Sequence[GroupCurve], metric: str, level: float, x: str = "
     )
     settings = sorted({r.setting for r in mine})
     gates = sorted({r.gate for r in mine})
+    n_cols = max(1, min(len(gates), MAX_COLS))
+    rows_per_setting = max(1, math.ceil(len(gates) / n_cols))
     panels = []
     for i, setting in enumerate(settings):
         for j, gate in enumerate(gates):
             series = [_series(r, attr) for r in mine if r.setting == setting and r.gate == gate]
-            panels.append(Panel(i, j, f"{GATE_LABELS.get(gate, gate)} — {setting_text(*setting)}", series))
+            title = f"{GATE_LABELS.get(gate, gate)} — {setting_text(*setting)}"
+            panels.append(Panel(i * rows_per_setting + j // n_cols, j % n_cols, title, series))
+        for j in range(len(gates), rows_per_setting * n_cols):  # the setting's last row, filled up
+            panels.append(Panel(i * rows_per_setting + j // n_cols, j % n_cols, "", []))
     what = "trials" if x == "trials" else "compute: n x mean trial seconds"
     return FigureSpec(
         stem=f"budget_{metric}" + ("" if x == "trials" else "_compute"),
         title=f"{metric}: budget ({what}) vs quality\n{estimator_text(mine, level)}",
         x_label=x_label,
         y_label=direction_text(metric),
-        rows=[setting_text(*s) for s in settings],
-        n_cols=len(gates),
+        rows=[setting_text(*s) for s in settings for _ in range(rows_per_setting)],
+        n_cols=n_cols,
         panels=panels,
     )
 
@@ -136,9 +143,15 @@ def render_matplotlib(spec: FigureSpec, png: Path, svg: Path) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(max(5.2 * spec.n_cols, 7.0), 3.9 * len(spec.rows) + 1.0), layout="constrained")
-    axes = fig.subplots(len(spec.rows), spec.n_cols, squeeze=False, sharey="row")
+    axes = fig.subplots(len(spec.rows), spec.n_cols, squeeze=False)
     for panel in spec.panels:
         ax = axes[panel.row][panel.col]
+        if not panel.title:  # a filler cell of a wrapped row
+            ax.set_axis_off()
+            continue
+        first = spec.rows.index(spec.rows[panel.row])  # a setting's panels share their y axis
+        if (first, 0) != (panel.row, panel.col):
+            ax.sharey(axes[first][0])
         for s in panel.series:
             color = tuple(v / 255 for v in s.color)
             ax.fill_between(s.xs, s.low, s.high, color=color, alpha=BAND_ALPHA, linewidth=0)
@@ -166,14 +179,19 @@ def render_plotly(spec: FigureSpec) -> PlotlyFigure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(
-        rows=len(spec.rows), cols=spec.n_cols, shared_yaxes=True, subplot_titles=[p.title for p in spec.panels]
-    )
+    fig = make_subplots(rows=len(spec.rows), cols=spec.n_cols, subplot_titles=[p.title for p in spec.panels])
     for panel in spec.panels:
         row, col = panel.row + 1, panel.col + 1
+        if not panel.title:  # a filler cell of a wrapped row
+            fig.update_xaxes(visible=False, row=row, col=col)
+            fig.update_yaxes(visible=False, row=row, col=col)
+            continue
+        first = spec.rows.index(spec.rows[panel.row]) * spec.n_cols + 1  # a setting's panels share their y axis
+        if first != panel.row * spec.n_cols + col:
+            fig.update_yaxes(matches="y" if first == 1 else f"y{first}", row=row, col=col)
         for s in panel.series:
             # one legend for the whole figure: a series names its row when there are several
-            name = s.label + (f" ({spec.rows[panel.row]})" if len(spec.rows) > 1 else "")
+            name = s.label + (f" ({spec.rows[panel.row]})" if len(set(spec.rows)) > 1 else "")
             rgba = "rgba({},{},{},{{}})".format(*s.color)
             xs = s.xs.tolist()
             band = dict(x=xs, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip", legendgroup=name)
