@@ -312,8 +312,13 @@ class MlflowStudyRecord(StudyRecord):
     def __init__(self, client: MlflowClient, experiment_id: str, study_key: str, tags: dict[str, str]) -> None:
         self.client, self.experiment_id, self.study_key, self.tags = client, experiment_id, study_key, tags
         parents = self._search(f"tags.`{T.ROLE}` = '{T.STUDY}' and tags.`{T.STUDY_KEY}` = '{study_key}'")
+        # a study already FINISHED keeps its end time unless a trial runs again (a resumed sweep reopens every
+        # study; its complete ones would otherwise seem to have lasted until the new driver ended)
+        self._finished_at: int | None = None
         if parents:
             self.parent_id = parents[0].info.run_id
+            if parents[0].info.status == "FINISHED":
+                self._finished_at = parents[0].info.end_time
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
             all_tags = {
@@ -380,6 +385,7 @@ class MlflowStudyRecord(StudyRecord):
         }
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number:03d}")
         self.runs[number], self.status[number] = run.info.run_id, "RUNNING"
+        self._finished_at = None
         self.client.log_batch(run.info.run_id, params=[Param(k, _clean(v)) for k, v in sorted(params.items())])
 
     def log_epoch(self, number: int, report: EpochReport) -> None:
@@ -450,6 +456,9 @@ class MlflowStudyRecord(StudyRecord):
             if status in UNFINISHED:
                 self.client.set_terminated(self.runs[number], "KILLED")
                 self.status[number] = "KILLED"
+        if complete and self._finished_at is not None:  # nothing ran: the study ends as it had
+            self.client.set_terminated(self.parent_id, "FINISHED", end_time=self._finished_at)
+            return
         now = int(time.time() * 1000)
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
         self.client.set_terminated(self.parent_id, "FINISHED" if complete else "KILLED")
