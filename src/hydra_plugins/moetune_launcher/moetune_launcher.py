@@ -44,7 +44,8 @@ class MoetuneLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        log.info(f"moetune: {len(job_overrides)} studies in one sweep driver, folder {sweep_dir}")
+        studies = f"{len(job_overrides)} {'study' if len(job_overrides) == 1 else 'studies'}"
+        log.info(f"moetune: {studies} in one sweep driver, folder {sweep_dir}")
         jobs: list[tuple[list[str], DictConfig]] = []
         for index, overrides in enumerate(job_overrides):
             log.info(f"\t#{initial_job_idx + index} : {' '.join(filter_overrides(overrides))}")

@@ -329,7 +329,8 @@ def _fit(studies: list[LiveStudy], first: StudyConfig, sweep_dir: Path, signals:
     total = sum(s.config.tuner.n_trials for s in studies)
     todo = sum(len(s.todo) for s in studies)
     print(
-        f"sweep {first.sweep.name}: {len(studies)} studies, {total - todo}/{total} trials done, "
+        f"sweep {first.sweep.name}: {len(studies)} {'study' if len(studies) == 1 else 'studies'}, "
+        f"{total - todo}/{total} trials done, "
         f"{tuner_cfg.concurrency} at a time",
         flush=True,
     )
