@@ -74,7 +74,10 @@ class StudyRecord(abc.ABC):
     def log_weights(self, number: int, data: bytes) -> None:
         """Keep trial ``number``'s best weights (a torch.save'd state dict) with its record (train.save_weights);
         called before ``end_trial``. Raises on failure; the driver records why."""
-        raise NotImplementedError(f"{type(self).__name__} cannot keep trial weights")
+        raise ConfigError(
+            f"train.save_weights: the {type(self).__name__} tracking backend cannot keep trial weights; "
+            "use tracking=mlflow or train.save_weights=false"
+        )
 
     @abc.abstractmethod
     def counts(self) -> tuple[int, int]:
