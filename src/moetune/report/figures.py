@@ -73,6 +73,10 @@ class FigureSpec:
     n_cols: int
     panels: list[Panel]  # the full grid, row by row; a panel may have no series
 
+    def setting_start(self, row: int) -> int:
+        """The first grid row of row's setting: its top-left panel holds the y axis the setting shares."""
+        return self.rows.index(self.rows[row])
+
 
 def _series(r: GroupCurve, attr: str) -> Series:
     """The arm picks the color (on blue, off orange, warm-up green); an adaptive sampler's curve is dashed."""
@@ -149,7 +153,7 @@ def render_matplotlib(spec: FigureSpec, png: Path, svg: Path) -> None:
         if not panel.title:  # a filler cell of a wrapped row
             ax.set_axis_off()
             continue
-        first = spec.rows.index(spec.rows[panel.row])  # a setting's panels share their y axis
+        first = spec.setting_start(panel.row)  # a setting's panels share their y axis
         if (first, 0) != (panel.row, panel.col):
             ax.sharey(axes[first][0])
         for s in panel.series:
@@ -186,7 +190,7 @@ def render_plotly(spec: FigureSpec) -> PlotlyFigure:
             fig.update_xaxes(visible=False, row=row, col=col)
             fig.update_yaxes(visible=False, row=row, col=col)
             continue
-        first = spec.rows.index(spec.rows[panel.row]) * spec.n_cols + 1  # a setting's panels share their y axis
+        first = spec.setting_start(panel.row) * spec.n_cols + 1  # the setting's shared y axis, numbered
         if first != panel.row * spec.n_cols + col:
             fig.update_yaxes(matches="y" if first == 1 else f"y{first}", row=row, col=col)
         for s in panel.series:
