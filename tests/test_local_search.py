@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
-from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
+from moetune.config import GateConfig, LocalSearchConfig, ModelConfig, TrainConfig
 from moetune.data.base import MultiTaskData
 from moetune.moe import MMoE
 from moetune.moe.local_search import PermutationLocalSearch, harden, log_sinkhorn
+from moetune.training import Trainer
 
 from conftest import tabular_data
 
@@ -133,7 +134,7 @@ def test_freeze_returns_the_hard_permutation_without_penalty():
     ls = trained_search()
     expected = harden(ls.log_weights)
     ls.freeze()
-    assert ls.frozen and bool(ls.is_hard)
+    assert ls.hardened and bool(ls.is_hard)
     assert not ls.log_weights.requires_grad
     ls.train()
     assert not ls.learning
@@ -154,7 +155,7 @@ def test_eval_before_freeze_uses_a_hard_permutation():
     assert torch.equal(p1, p2)  # no noise in eval
     assert torch.equal(p1, harden(ls.log_weights))
     assert float(penalty) == 0.0
-    assert not ls.frozen
+    assert not ls.hardened
 
 
 # --- apply -------------------------------------------------------------------------------------------
@@ -206,9 +207,9 @@ def test_frozen_permutation_survives_state_dict_round_trip():
     buffer.seek(0)
 
     fresh = PermutationLocalSearch(6, e_perm=2)
-    assert not fresh.frozen
+    assert not fresh.hardened
     fresh.load_state_dict(torch.load(buffer))
-    assert fresh.frozen and not fresh.log_weights.requires_grad
+    assert fresh.hardened and not fresh.log_weights.requires_grad
     fresh.train()
     p, penalty = fresh.matrix()
     assert torch.equal(p, ls.hard)
@@ -221,7 +222,7 @@ def test_loading_an_unfrozen_state_unfreezes():
     before = {k: v.clone() for k, v in ls.state_dict().items()}
     ls.freeze()
     ls.load_state_dict(before)
-    assert not ls.frozen and ls.log_weights.requires_grad
+    assert not ls.hardened and ls.log_weights.requires_grad
     assert ls.train().learning
 
 
@@ -239,7 +240,7 @@ def test_k_sparse_gate_stays_k_sparse_after_hardening(gate, k):
     cfg = ModelConfig(
         n_experts=6, expert_hidden=[8], embed_dim=4, dense_hidden=[4], head_hidden=[4], expert_dropout=0.0
     )
-    model = MMoE(data, cfg, GateConfig(gate, k), LocalSearchConfig(enabled=True, e_perm=1))
+    model = MMoE(data, cfg, GateConfig(gate, k), LocalSearchConfig(name="on", e_perm=1))
     batch = data.train
     with torch.no_grad():
         model.local_search.log_weights.normal_()
@@ -268,13 +269,74 @@ def test_model_checkpoint_restores_the_frozen_permutation():
     cfg = ModelConfig(
         n_experts=5, expert_hidden=[8], embed_dim=4, dense_hidden=[4], head_hidden=[4], expert_dropout=0.0
     )
-    a = MMoE(data, cfg, GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=1))
+    a = MMoE(data, cfg, GateConfig("topk", 2), LocalSearchConfig(name="on", e_perm=1))
     with torch.no_grad():
         a.local_search.log_weights.normal_()
     a.train()(data.train.inputs, data.train.routing_ids)
     a.local_search.freeze()
-    b = MMoE(data, cfg, GateConfig("topk", 2), LocalSearchConfig(enabled=True, e_perm=1))
+    b = MMoE(data, cfg, GateConfig("topk", 2), LocalSearchConfig(name="on", e_perm=1))
     b.load_state_dict(a.state_dict())
-    assert b.local_search.frozen
+    assert b.local_search.hardened
     a.eval(), b.eval()
     torch.testing.assert_close(b(data.val.inputs).outputs[0], a(data.val.inputs).outputs[0])
+
+
+# --- the frozen arm: on without learning L -------------------------------------------------------------
+
+
+def _arm_trainer(arm: str, seed: int = 3) -> Trainer:
+    data = tabular_data(n=96)
+    cfg = ModelConfig(n_experts=6, expert_hidden=[8], embed_dim=4, dense_hidden=[], head_hidden=[8])
+    return Trainer(
+        data,
+        cfg,
+        GateConfig("topk", 2),
+        LocalSearchConfig(name=arm, e_perm=2),
+        TrainConfig(lr=5e-2, max_epochs=3, patience=3, batch_size=16, seed=seed),
+    )
+
+
+def test_frozen_arm_keeps_its_draw_gets_no_gradient_and_hardens_like_on():
+    on, frozen = _arm_trainer("on"), _arm_trainer("frozen")
+    # paired: the same seed gives the same initial weights, L0 included
+    assert on.init_digest == frozen.init_digest
+    l0 = frozen.model.local_search.log_weights.detach().clone()
+    assert not frozen.model.local_search.log_weights.requires_grad
+    assert on.model.local_search.log_weights.requires_grad
+    hardened = {"on": [], "frozen": []}
+    frozen_result = frozen.fit(lambda e, m: hardened["frozen"].append(frozen.model.local_search.hardened))
+    on_result = on.fit(lambda e, m: hardened["on"].append(on.model.local_search.hardened))
+    assert hardened["frozen"] == hardened["on"] == [False, True, True]  # hardened at e_perm = 2, like on
+    ls = frozen.model.local_search
+    assert ls.log_weights.grad is None and torch.equal(ls.log_weights.detach(), l0)
+    assert ls.permutation() == harden(l0).argmax(1).tolist()
+    phase = frozen_result.diagnostics["phase"]
+    assert phase["perm_shift"] == 0.0 and phase["perm_reassigned"] == 0.0
+    # on learned: its L moved, by a measured fraction of the draw's spread
+    assert on_result.diagnostics["phase"]["perm_shift"] > 0.0
+
+
+def test_phase_report_counts_the_steps_and_is_a_final_metric():
+    trainer = _arm_trainer("on")
+    result = trainer.fit()
+    metrics = result.final_metrics()
+    batches = -(-96 // 16)
+    assert metrics["e_perm"] == 2.0 and metrics["perm_steps"] == 2 * batches
+    assert 1.0 <= metrics["perm_effective_experts_end"] <= metrics["perm_effective_experts_start"] <= 6.0
+    assert metrics["best_epoch_after_perm"] == metrics["best_epoch"] - 2
+    assert metrics["epochs_run"] == result.epochs_run
+    off = Trainer(
+        trainer.data,
+        ModelConfig(n_experts=6, expert_hidden=[8], embed_dim=4, dense_hidden=[], head_hidden=[8]),
+        GateConfig("topk", 2),
+        LocalSearchConfig(name="off"),
+        TrainConfig(lr=5e-2, max_epochs=2, batch_size=16, seed=3),
+    ).fit()
+    assert "perm_steps" not in off.final_metrics()
+
+
+def test_effective_experts_spans_permutation_to_uniform():
+    from moetune.moe.local_search import effective_experts
+
+    assert effective_experts(torch.eye(5)) == pytest.approx(1.0)
+    assert effective_experts(torch.full((5, 5), 0.2)) == pytest.approx(5.0)

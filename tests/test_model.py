@@ -146,7 +146,9 @@ def test_mix_sparse_with_no_active_expert_gives_zeros():
 def test_model_sparse_equals_dense_mlp(gate, local_search):
     torch.manual_seed(5)
     data = tabular_data()
-    model = MMoE(data, small_cfg(), gate_cfg(gate), LocalSearchConfig(enabled=local_search, e_perm=1)).eval()
+    model = MMoE(
+        data, small_cfg(), gate_cfg(gate), LocalSearchConfig(name="on" if local_search else "off", e_perm=1)
+    ).eval()
     dense = outputs_with(model, "dense", data.train)
     sparse = outputs_with(model, "sparse", data.train)
     for d, s in zip(dense.outputs, sparse.outputs, strict=False):
@@ -212,7 +214,7 @@ def test_model_auto_compute_stays_dense_for_dense_gates_and_while_learning_a_per
     data = tabular_data()
     softmax = MMoE(data, small_cfg(), gate_cfg("softmax"), LocalSearchConfig()).eval()
     assert not softmax.use_sparse_compute([torch.full((4, 6), 1 / 6)])
-    learning = MMoE(data, small_cfg(), gate_cfg("topk"), LocalSearchConfig(enabled=True, e_perm=1)).train()
+    learning = MMoE(data, small_cfg(), gate_cfg("topk"), LocalSearchConfig(name="on", e_perm=1)).train()
     assert not learning.use_sparse_compute([torch.eye(6)[:4]])
 
 
@@ -279,7 +281,7 @@ def test_unknown_gate_lists_the_choices():
 
 def test_local_search_e_perm_below_one_is_a_config_error():
     with pytest.raises(ConfigError, match="local_search.e_perm"):
-        LocalSearchConfig(enabled=True, e_perm=0)
+        LocalSearchConfig(name="on", e_perm=0)
 
 
 def test_cnn_experts_without_images_is_a_config_error():
@@ -320,7 +322,7 @@ def test_task_weights_need_one_weight_per_task():
 
 
 def test_e_perm_above_max_epochs_is_refused_and_equal_is_fine():
-    ls = LocalSearchConfig(name="on", enabled=True, e_perm=4)
+    ls = LocalSearchConfig(name="on", e_perm=4)
     with pytest.raises(ConfigError, match="local_search.e_perm=4 exceeds train.max_epochs=3"):
         check_study(StudyConfig(local_search=ls, train=TrainConfig(max_epochs=3)))
     check_study(StudyConfig(local_search=ls, train=TrainConfig(max_epochs=4)))
@@ -328,7 +330,7 @@ def test_e_perm_above_max_epochs_is_refused_and_equal_is_fine():
         tabular_data(),
         small_cfg(),
         GateConfig("topk", 2),
-        LocalSearchConfig(enabled=True, e_perm=3),
+        LocalSearchConfig(name="on", e_perm=3),
         TrainConfig(max_epochs=3, device="cpu"),
     ).fit()
 
@@ -391,7 +393,7 @@ def test_soft_moe_model_is_permutation_equivariant_in_its_samples():
 def test_soft_moe_with_a_frozen_permutation_runs_each_slot_group_on_its_permuted_expert():
     torch.manual_seed(13)
     data = tabular_data()
-    ls = LocalSearchConfig(enabled=True, e_perm=1)
+    ls = LocalSearchConfig(name="on", e_perm=1)
     model = MMoE(data, small_cfg(n_experts=4), GateConfig("soft_moe", 1, {"slots_per_expert": 2}), ls)
     with torch.no_grad():
         model.local_search.log_weights.copy_(torch.eye(4)[[2, 0, 3, 1]] * 5)

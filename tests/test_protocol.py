@@ -12,7 +12,15 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from moetune.config import GateConfig, LocalSearchConfig, ModelConfig, TrainConfig, study_key, trial_seed
+from moetune.config import (
+    LOCAL_SEARCH_ARMS,
+    GateConfig,
+    LocalSearchConfig,
+    ModelConfig,
+    TrainConfig,
+    study_key,
+    trial_seed,
+)
 from moetune.data import available_datasets
 from moetune.errors import ConfigError
 from moetune.moe import MMoE
@@ -142,7 +150,7 @@ def test_different_trial_seeds_give_different_initial_weights_and_a_seed_reprodu
     cfg = (
         ModelConfig(n_experts=4, expert_hidden=[8], embed_dim=4, dense_hidden=[], head_hidden=[8]),
         GateConfig("topk", 2),
-        LocalSearchConfig(enabled=True, e_perm=1),
+        LocalSearchConfig(name="on", e_perm=1),
     )
     runs = [Trainer(data, *cfg, TrainConfig(lr=1e-2, max_epochs=2, seed=s, batch_size=16)) for s in (11, 12, 11)]
     assert runs[0].init_digest != runs[1].init_digest and runs[0].init_digest == runs[2].init_digest
@@ -208,7 +216,7 @@ def test_warmup_arm_trains_every_expert_during_its_epochs_and_routes_sparsely_af
         data,
         model_cfg,
         GateConfig("topk", 1),
-        LocalSearchConfig(enabled=True, mixing="uniform", e_perm=1),
+        LocalSearchConfig(name="warmup", e_perm=1),
         TrainConfig(lr=1e-2, max_epochs=3, batch_size=16),
     )
     model = trainer.model
@@ -218,12 +226,27 @@ def test_warmup_arm_trains_every_expert_during_its_epochs_and_routes_sparsely_af
     out = model(batch.inputs, batch.routing_ids)
     assert torch.allclose(out.gate_weights[0], torch.full_like(out.gate_weights[0], 0.25))
     result = trainer.fit()
-    assert model.local_search.frozen and result.diagnostics["active_experts_mean"] == pytest.approx(1.0)
+    assert model.local_search.hardened and result.diagnostics["active_experts_mean"] == pytest.approx(1.0)
 
 
-def test_warmup_config_loads_as_the_uniform_mixing_arm():
-    ls = load_study(composed("local_search=warmup")).config.for_trial().local_search
-    assert ls.enabled and ls.mixing == "uniform" and ls.name == "warmup"
+@pytest.mark.parametrize(
+    "arm, module",
+    [
+        ("off", type(None)),
+        ("on", PermutationLocalSearch),
+        ("frozen", PermutationLocalSearch),
+        ("warmup", UniformMixingWarmup),
+    ],
+)
+def test_each_arm_config_builds_its_module_from_its_name_alone(arm, module):
+    from moetune.moe.model import build_local_search
+
+    ls = load_study(composed(f"local_search={arm}")).config.for_trial().local_search
+    assert ls.name == arm and ls.enabled == (arm != "off")
+    built = build_local_search(ls, 4)
+    assert isinstance(built, module)
+    if isinstance(built, PermutationLocalSearch):
+        assert built.learn == (arm == "on") and built.log_weights.requires_grad == (arm == "on")
 
 
 # ---------------------------------------------------------------- gates as the authors initialize and regularize them
@@ -284,7 +307,7 @@ def test_embeddings_start_small_like_keras():
 
 def test_config_file_for_every_local_search_arm():
     names = {yaml.safe_load(p.read_text())["name"] for p in (CONF / "local_search").glob("*.yaml")}
-    assert names == {"on", "off", "warmup"}
+    assert names == set(LOCAL_SEARCH_ARMS)
     for path in (CONF / "local_search").glob("*.yaml"):
         conf = OmegaConf.load(path)
         LocalSearchConfig(**conf)  # every key is a real setting

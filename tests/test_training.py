@@ -43,7 +43,7 @@ def make_trainer(data, gate="topk", local_search=False, e_perm=2, model=None, **
         data,
         model or model_cfg(),
         GateConfig(gate, 1 if gate == "hash" else 2),
-        LocalSearchConfig(enabled=local_search, e_perm=e_perm),
+        LocalSearchConfig(name="on" if local_search else "off", e_perm=e_perm),
         TrainConfig(**train_cfg),
     )
 
@@ -75,7 +75,7 @@ def test_training_lowers_validation_loss(data, gate, local_search):
 def test_local_search_is_frozen_after_e_perm_epochs(data):
     trainer = make_trainer(data, "topk", local_search=True, e_perm=1, max_epochs=2)
     frozen_at = []
-    trainer.fit(lambda epoch, m: frozen_at.append(trainer.model.local_search.frozen))
+    trainer.fit(lambda epoch, m: frozen_at.append(trainer.model.local_search.hardened))
     assert frozen_at == [True, True]
     assert not trainer.model.local_search.log_weights.requires_grad
 
@@ -90,7 +90,7 @@ def test_same_seed_same_run_different_seed_different_run(data):
             data,
             model_cfg(expert_dropout=0.2),
             GateConfig("topk", 2, {"noisy": True}),
-            LocalSearchConfig(enabled=True, e_perm=1),
+            LocalSearchConfig(name="on", e_perm=1),
             TrainConfig(lr=3e-3, batch_size=256, max_epochs=2, device="cpu", seed=seed),
         )
         return trainer.fit()
@@ -148,7 +148,7 @@ def test_best_weights_restored_with_local_search():
     result = trainer.fit()
     best = result.history[result.best_epoch - 1]
     assert result.val[contract.VAL_LOSS] == pytest.approx(best[contract.VAL_LOSS], rel=1e-6)
-    assert trainer.model.local_search.frozen  # best epoch >= e_perm = 1: the frozen permutation came back
+    assert trainer.model.local_search.hardened  # best epoch >= e_perm = 1: the frozen permutation came back
 
 
 # --- divergence --------------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def test_one_expert_models_are_allowed_local_search_on_one_expert_is_not():
             StudyConfig(
                 model=ModelConfig(n_experts=1),
                 gate=GateConfig("softmax", k=1),
-                local_search=LocalSearchConfig(name="on", enabled=True, e_perm=1),
+                local_search=LocalSearchConfig(name="on", e_perm=1),
             )
         )
     with pytest.raises(ConfigError, match="model.init_noise must be a non-negative number"):

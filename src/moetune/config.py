@@ -89,26 +89,35 @@ class GateConfig:
 
 @dataclass
 class LocalSearchConfig:
-    """Permutation local search for the first e_perm epochs. mixing "uniform" is the control arm: the same
-    epochs with every gate's weights mixed by the fixed uniform doubly-stochastic matrix, nothing learned.
-    e_perm_fraction (the authors' code: int(fraction * max_epochs)) replaces e_perm when set."""
+    """The local-search arm of a study; its name alone decides what the model does (LOCAL_SEARCH_ARMS):
+    off (no phase), on (COMET's permutation learned for the first e_perm epochs, then hardened), frozen (on,
+    with the permutation's log-weights kept at their initial draw: the matched control for learning it) and
+    warmup (every gate mixed by the uniform matrix for e_perm epochs: a dense start). e_perm_fraction (the
+    authors' code: int(fraction * max_epochs)) replaces e_perm when set."""
 
-    name: str = "off"  # the arm: off | on | warmup
-    enabled: bool = False
+    name: str = "off"  # the arm: off | on | frozen | warmup
     e_perm: int = 5
     zeta: float = 1e-4
     noise: float = 0.0  # Gumbel noise factor; the authors' configs use 0.0
-    mixing: str = "learned"  # learned | uniform
     e_perm_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        _one_of("local_search.mixing", self.mixing, ("learned", "uniform"))
+        _one_of("local_search", self.name, LOCAL_SEARCH_ARMS)
         _require(not self.enabled or self.e_perm >= 1, f"local_search.e_perm must be at least 1 (got {self.e_perm})")
         _require(
             self.e_perm_fraction is None or 0 < self.e_perm_fraction <= 1,
             f"local_search.e_perm_fraction must be in (0, 1] (got {self.e_perm_fraction}); "
             "or set it to null and use e_perm",
         )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the arm has a phase of e_perm epochs (every arm but off)."""
+        return self.name != "off"
+
+
+# what each arm does during the first e_perm epochs (moetune.moe.model builds it)
+LOCAL_SEARCH_ARMS = ("off", "on", "frozen", "warmup")
 
 
 @dataclass

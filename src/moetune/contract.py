@@ -59,6 +59,24 @@ CPU_SECONDS = "cpu_seconds"
 ACTIVE_EXPERTS = "active_experts_mean"
 TRAIN_SAMPLES_PER_SECOND = "train_samples_per_second"  # training steps only (forward, backward, update)
 ROUTING_NMI = "routing_nmi"
+EPOCHS_RUN = "epochs_run"
+# what local search did inside a trial (final metrics of the arms with a permutation phase: on, frozen, warmup)
+E_PERM = "e_perm"  # epochs of the permutation phase
+PERM_STEPS = "perm_steps"  # optimizer steps in the phase
+PERM_SHIFT = "perm_shift"  # max |L - L0| at the end of the phase, over the initial draw's spread (max L0 - min L0)
+PERM_REASSIGNED = "perm_reassigned"  # experts whose hard assignment at the phase's end differs from its start
+PERM_EFFECTIVE_START = "perm_effective_experts_start"  # exp(mean row entropy of P) at the phase's first step
+PERM_EFFECTIVE_END = "perm_effective_experts_end"  # the same at its last step
+BEST_EPOCH_AFTER_PERM = "best_epoch_after_perm"  # best_epoch - e_perm
+PERM_METRICS = (
+    E_PERM,
+    PERM_STEPS,
+    PERM_SHIFT,
+    PERM_REASSIGNED,
+    PERM_EFFECTIVE_START,
+    PERM_EFFECTIVE_END,
+    BEST_EPOCH_AFTER_PERM,
+)
 
 
 def task_metric_name(split: str, task: str, metric: str) -> str:

@@ -5,6 +5,12 @@ log-linearly 1e-3 -> 1e-7 and the Sinkhorn iterations linearly 20 -> 150 over th
 entropy penalty zeta * (H(P) + H(row-normalized P)), summed over the entries as in the authors' code.
 Then P is hardened by the Hungarian algorithm (maximising sum L_ij P_ij) and frozen. Evaluation always
 uses the hard permutation. Gates are untouched: g' = normalize(g P).
+
+With learn=False (the `frozen` arm) everything above runs unchanged but L keeps its initial draw and gets
+no gradient: the matched control that isolates what learning the permutation adds.
+
+Each module also reports what its phase did (`phase_report`, moetune.contract's PERM_* metrics), so a user
+can see whether the permutation moved at all in the steps it had.
 """
 
 from __future__ import annotations
@@ -39,40 +45,56 @@ def harden(weights: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(hard, dtype=weights.dtype, device=weights.device)
 
 
-class PermutationLocalSearch(nn.Module):
-    """Learns one n x n permutation of the experts during the first `e_perm` epochs, then freezes it."""
+def effective_experts(p: torch.Tensor) -> float:
+    """exp of the entropy of each row of P, averaged over rows: 1 for a permutation, n for the uniform matrix."""
+    rows = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+    return float(entropy(rows).exp().mean())
 
-    def __init__(self, n_experts: int, e_perm: int = 5, zeta: float = 1e-4, noise: float = 0.0):
+
+def schedule(progress: float) -> tuple[float, int]:
+    """(tau, Sinkhorn iterations) at a fraction of the phase done: tau log-linear, iterations linear."""
+    f = min(max(progress, 0.0), 1.0)
+    tau = 10 ** (math.log10(TAU_START) + f * (math.log10(TAU_END) - math.log10(TAU_START)))
+    return tau, int(round(ITERS_START + f * (ITERS_END - ITERS_START)))
+
+
+class PermutationLocalSearch(nn.Module):
+    """Learns one n x n permutation of the experts during the first `e_perm` epochs, then freezes it.
+    learn=False keeps the log-weights at their initial draw (the `frozen` arm), all else the same."""
+
+    def __init__(self, n_experts: int, e_perm: int = 5, zeta: float = 1e-4, noise: float = 0.0, learn: bool = True):
         super().__init__()
         self.n_experts = n_experts
         self.e_perm = e_perm
         self.zeta = zeta
         self.noise = noise
-        self.log_weights = nn.Parameter(torch.empty(n_experts, n_experts).uniform_(-0.05, 0.05))
+        self.learn = learn
+        self.log_weights = nn.Parameter(torch.empty(n_experts, n_experts).uniform_(-0.05, 0.05), requires_grad=learn)
+        self.register_buffer("initial", self.log_weights.detach().clone(), persistent=False)
         self.register_buffer("hard", torch.eye(n_experts))
         self.register_buffer("is_hard", torch.tensor(False))
-        self.frozen = False  # host mirror of is_hard, so the forward never syncs with the device
+        self.hardened = False  # host mirror of is_hard, so the forward never syncs with the device
         self.progress = 0.0  # fraction of the learning phase done, set by the trainer each step
-        self.register_load_state_dict_post_hook(lambda module, _: module._sync_frozen())
+        self.register_load_state_dict_post_hook(lambda module, _: module._sync_hardened())
 
-    def _sync_frozen(self) -> None:
-        self.frozen = bool(self.is_hard)
-        self.log_weights.requires_grad_(not self.frozen)
+    def _sync_hardened(self) -> None:
+        self.hardened = bool(self.is_hard)
+        self.log_weights.requires_grad_(self.learn and not self.hardened)
 
     def schedule(self) -> tuple[float, int]:
         """(tau, Sinkhorn iterations) at the current progress through the phase."""
-        f = min(max(self.progress, 0.0), 1.0)
-        tau = 10 ** (math.log10(TAU_START) + f * (math.log10(TAU_END) - math.log10(TAU_START)))
-        return tau, int(round(ITERS_START + f * (ITERS_END - ITERS_START)))
+        return schedule(self.progress)
 
     @property
     def learning(self) -> bool:
-        return self.training and not self.frozen
+        """In the phase (training and not yet hardened): P is soft. True for learn=False too: the frozen arm
+        mixes by the same soft P, only its L does not move."""
+        return self.training and not self.hardened
 
     def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, entropy penalty): soft and noisy while learning, the hard permutation otherwise."""
         if not self.learning:
-            hard = self.hard if self.frozen else harden(self.log_weights)
+            hard = self.hard if self.hardened else harden(self.log_weights)
             return hard, self.log_weights.new_zeros(())
         tau, n_iters = self.schedule()
         gumbel = 0.0
@@ -88,12 +110,27 @@ class PermutationLocalSearch(nn.Module):
         """End of the phase: harden to the permutation maximising sum L_ij P_ij and stop learning it."""
         self.hard.copy_(harden(self.log_weights))
         self.is_hard.fill_(True)
-        self._sync_frozen()
+        self._sync_hardened()
 
     def permutation(self) -> list[int]:
         """Expert i's weight goes to expert permutation()[i] (the hardened matrix as an index list)."""
-        hard = self.hard if self.frozen else harden(self.log_weights)
+        hard = self.hard if self.hardened else harden(self.log_weights)
         return hard.argmax(1).tolist()
+
+    @torch.no_grad()
+    def phase_report(self) -> dict[str, float]:
+        """What the phase did to the permutation: how far L moved from its draw (over the draw's spread), how
+        many experts the hardened assignment moved, and P's effective experts per row at the phase's first
+        and last step (their tau and iteration counts)."""
+        start, end = self.initial, self.log_weights.detach()
+        spread = float(start.max() - start.min())
+        before, after = harden(start).argmax(1), harden(end).argmax(1)
+        return {
+            "perm_shift": float((end - start).abs().max()) / max(spread, 1e-12),
+            "perm_reassigned": float((before != after).sum()),
+            "perm_effective_experts_start": effective_experts(log_sinkhorn(start / schedule(0.0)[0], schedule(0.0)[1])),
+            "perm_effective_experts_end": effective_experts(log_sinkhorn(end / schedule(1.0)[0], schedule(1.0)[1])),
+        }
 
     @staticmethod
     def apply(weights: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -103,23 +140,24 @@ class PermutationLocalSearch(nn.Module):
 
 
 class UniformMixingWarmup(nn.Module):
-    """The control arm of local search: for the first `e_perm` epochs every gate's weights are mixed by the
+    """The `warmup` arm, a dense start: for the first `e_perm` epochs every gate's weights are mixed by the
     fixed uniform doubly-stochastic matrix (each expert gets 1/n), nothing is learned; then the gates run
-    unmixed. A gain that local search shows over this arm comes from the learned permutation, not from
-    training every expert densely in the first epochs. Same interface as PermutationLocalSearch."""
+    unmixed. Not a control for the permutation: a gate whose rows sum to 1 (Top-k) gets no gradient in the
+    phase (g U = 1/n for any g), so it leaves the phase at its initialization; `frozen` is the matched
+    control. Same interface as PermutationLocalSearch."""
 
     def __init__(self, n_experts: int, e_perm: int = 5):
         super().__init__()
         self.n_experts = n_experts
         self.e_perm = e_perm
         self.register_buffer("is_hard", torch.tensor(False))
-        self.frozen = False
+        self.hardened = False
         self.progress = 0.0
-        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "frozen", bool(module.is_hard)))
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "hardened", bool(module.is_hard)))
 
     @property
     def learning(self) -> bool:
-        return self.training and not self.frozen
+        return self.training and not self.hardened
 
     def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The uniform matrix while warming up (training only); the identity afterwards and at evaluation."""
@@ -130,7 +168,17 @@ class UniformMixingWarmup(nn.Module):
 
     def freeze(self) -> None:
         self.is_hard.fill_(True)
-        self.frozen = True
+        self.hardened = True
 
     def permutation(self) -> list[int]:
         return list(range(self.n_experts))
+
+    def phase_report(self) -> dict[str, float]:
+        """The uniform matrix moves nothing and spreads every row over all n experts."""
+        n = float(self.n_experts)
+        return {
+            "perm_shift": 0.0,
+            "perm_reassigned": 0.0,
+            "perm_effective_experts_start": n,
+            "perm_effective_experts_end": n,
+        }

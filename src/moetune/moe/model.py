@@ -15,6 +15,15 @@ from moetune.moe.gates import Gate, build_gate, gate_class
 from moetune.moe.local_search import PermutationLocalSearch, UniformMixingWarmup
 
 
+def build_local_search(cfg: LocalSearchConfig, n_experts: int) -> PermutationLocalSearch | UniformMixingWarmup | None:
+    """The module of a local-search arm, decided by the arm's name alone (config.LOCAL_SEARCH_ARMS)."""
+    if cfg.name == "off":
+        return None
+    if cfg.name == "warmup":
+        return UniformMixingWarmup(n_experts, cfg.e_perm)
+    return PermutationLocalSearch(n_experts, cfg.e_perm, cfg.zeta, cfg.noise, learn=cfg.name == "on")
+
+
 class SharedBottom(nn.Module):
     """Embeddings for id features, an MLP for dense features; images pass through (flattened for gates)."""
 
@@ -83,13 +92,7 @@ class MMoE(nn.Module):
         self.gates = nn.ModuleList(
             build_gate(gate.name, self.bottom.out_dim, cfg.n_experts, k=gate.k, **gate_params) for _ in data.tasks
         )
-        self.local_search = None
-        if local_search.enabled and local_search.mixing == "uniform":
-            self.local_search = UniformMixingWarmup(cfg.n_experts, local_search.e_perm)
-        elif local_search.enabled:
-            self.local_search = PermutationLocalSearch(
-                cfg.n_experts, local_search.e_perm, local_search.zeta, local_search.noise
-            )
+        self.local_search = build_local_search(local_search, cfg.n_experts)
         self.heads = nn.ModuleList(_mlp(self.experts.out_dim, cfg.head_hidden, task.out_dim) for task in data.tasks)
 
     def use_sparse_compute(self, weights: list[torch.Tensor]) -> bool:

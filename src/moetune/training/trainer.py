@@ -45,7 +45,9 @@ class TrainResult:
         out[contract.WALL_SECONDS] = self.wall_seconds
         out[contract.CPU_SECONDS] = self.cpu_seconds
         out[contract.TRAIN_SAMPLES_PER_SECOND] = self.train_samples_per_second
+        out[contract.EPOCHS_RUN] = float(self.epochs_run)
         out[contract.ACTIVE_EXPERTS] = self.diagnostics[contract.ACTIVE_EXPERTS]
+        out.update(self.diagnostics.get("phase", {}))
         if contract.ROUTING_NMI in self.diagnostics:
             out[contract.ROUTING_NMI] = self.diagnostics[contract.ROUTING_NMI]
         return out
@@ -137,16 +139,18 @@ class Trainer:
         n_batches = math.ceil(len(train) / cfg.batch_size)
         ls = model.local_search
         best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
+        phase: dict[str, float] = {}
         history = []
-        step_seconds, step_samples = 0.0, 0
+        step_seconds, step_samples, perm_steps = 0.0, 0, 0
         for epoch in range(1, cfg.max_epochs + 1):
             model.train()
             epoch_start = time.perf_counter()
             order = torch.randperm(len(train), generator=generator).to(self.device)
             loss_sum = torch.zeros(len(self.data.tasks), device=self.device)
             for b in range(n_batches):
-                if ls is not None and not ls.frozen:
+                if ls is not None and not ls.hardened:
                     ls.progress = ((epoch - 1) * n_batches + b) / max(1, self.ls_cfg.e_perm * n_batches - 1)
+                    perm_steps += 1
                 batch = train.index(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
                 out = model(batch.inputs, batch.routing_ids)
                 losses = task_losses(self.data.tasks, out.outputs, batch.targets, batch.masks)
@@ -158,7 +162,8 @@ class Trainer:
             train_losses = (loss_sum / n_batches).tolist()  # on the host: also waits for the device's steps
             step_seconds += time.perf_counter() - epoch_start
             step_samples += len(train)
-            if ls is not None and not ls.frozen and epoch >= self.ls_cfg.e_perm:
+            if ls is not None and not ls.hardened and epoch >= self.ls_cfg.e_perm:
+                phase = self.phase_report(perm_steps)
                 ls.freeze()
             bad = [task.name for task, v in zip(self.data.tasks, train_losses, strict=False) if not math.isfinite(v)]
             if bad:
@@ -177,7 +182,11 @@ class Trainer:
                 stale += 1
                 if stale >= cfg.patience:
                     break
+        if ls is not None and not phase:  # stopped early, inside the phase
+            phase = self.phase_report(perm_steps)
         model.load_state_dict(best_state)
+        if phase:
+            phase[contract.BEST_EPOCH_AFTER_PERM] = float(best_epoch - self.ls_cfg.e_perm)
         result = TrainResult(
             best_epoch=best_epoch,
             epochs_run=len(history),
@@ -186,10 +195,20 @@ class Trainer:
             test=self.evaluate("test"),
             diagnostics=self.diagnostics("test"),
         )
+        result.diagnostics["phase"] = phase
         result.wall_seconds = time.perf_counter() - start_wall
         result.cpu_seconds = time.process_time() - start_cpu
         result.train_samples_per_second = step_samples / max(step_seconds, 1e-9)
         return result
+
+    def phase_report(self, perm_steps: int) -> dict[str, float]:
+        """What the local-search phase did (moetune.contract's PERM_* metrics), taken as it ends."""
+        ls = self.model.local_search
+        return {
+            contract.E_PERM: float(self.ls_cfg.e_perm),
+            contract.PERM_STEPS: float(perm_steps),
+            **ls.phase_report(),
+        }
 
     @torch.no_grad()
     def predict(self, split_name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
