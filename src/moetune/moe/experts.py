@@ -25,60 +25,108 @@ from torch import nn
 
 from moetune.moe.gates.base import SlotRouting
 
+_BYTE_BITS: dict[torch.device, torch.Tensor] = {}
+
+
+def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout's mask for `like`: each entry independently 1 / (1 - p) with probability 1 - p, else 0.
+
+    bernoulli_ costs about 11 ns an entry on a CPU thread (it was a seventh of a training step). For p = 0.5
+    (the paper's and every preset's rate) each entry takes one bit of 64-bit random words, exactly
+    Bernoulli(1/2) at a fraction of the cost; other rates compare float32 uniforms with 1 - p (Bernoulli(1 - p)
+    up to float32's 2^-24 resolution), still cheaper than bernoulli_. Draws from the global generator, so a
+    seeded run repeats exactly."""
+    keep = 1.0 - p
+    if p == 0.5:
+        n = like.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 63) // 64,), dtype=torch.int64, device=like.device)
+        bits = _BYTE_BITS.get(like.device)
+        if bits is None:
+            bits = _BYTE_BITS[like.device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8).to(
+                like.device
+            )
+        kept = words.view(torch.uint8).unsqueeze(1).bitwise_and(bits).ne_(0).view(-1)[:n].view(like.shape)
+    else:
+        kept = torch.rand(like.shape, dtype=like.dtype, device=like.device).lt_(keep)
+    return kept.to(like.dtype).mul_(1.0 / keep)
+
+
+def _grouped_mm_ok(*tensors: torch.Tensor) -> bool:
+    """torch's grouped matmul (one call for every expert's rows) takes float32/bf16/fp16 with 16-byte aligned
+    strides; other dtypes (float64 in the reference tests), odd widths and builds without it loop over the
+    experts."""
+    return hasattr(torch, "_grouped_mm") and all(
+        t.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and all(st * t.element_size() % 16 == 0 for st in t.stride() if st != 1)
+        for t in tensors
+    )
+
+
+def _grouped_matmul(
+    a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, groups: list[tuple[int, int, int]], out_rows: bool
+):
+    """Per expert e with rows lo:hi: out_rows -> a[lo:hi] @ b[e] stacked (R x d_out); else a[:, lo:hi] @ b[lo:hi]
+    per expert (n x d x d_out, zero for an expert without rows). One torch._grouped_mm call where it runs."""
+    if _grouped_mm_ok(a, b):
+        return torch._grouped_mm(a, b, offs=offs)
+    if out_rows:
+        out = a.new_empty(a.shape[0], b.shape[2])
+        for e, lo, hi in groups:
+            torch.mm(a[lo:hi], b[e], out=out[lo:hi])
+        return out
+    out = a.new_zeros(len(offs), a.shape[0], b.shape[1])
+    for e, lo, hi in groups:
+        torch.mm(a[:, lo:hi], b[lo:hi], out=out[e])
+    return out
+
 
 class _SparseMLPMix(torch.autograd.Function):
     """Sparse MLP experts fused with the per-task mixing.
 
     Routed (sample, expert) rows are grouped by expert: expert e owns rows bounds[e]:bounds[e + 1],
-    whose samples are sample_index[rows]; row_weights (R x T) are those rows' gate weights per task.
-    The inputs are gathered once (R x d_in); each layer is one grouped GEMM (one addmm per non-empty
-    expert into a preallocated R x width buffer) followed by relu/dropout over all rows at once; the
-    result is scaled by the row weights and scatter-added into B x T x out. The backward mirrors it
-    by hand: no per-expert autograd graph, no cat/split copies, no full-size zero gradient per expert,
-    and a few large elementwise ops rather than many per-expert ones (each op is an OpenMP region).
-    Saved for backward: the gathered inputs and each layer's post-activation.
+    whose samples are sample_index[rows] (row_expert[rows] = e); row_weights (R x T) are those rows' gate
+    weights per task. The inputs are gathered once (R x d_in); each layer is one grouped GEMM (torch's
+    _grouped_mm over all experts, or one mm per non-empty expert) plus the gathered biases, then relu/dropout
+    over all rows at once; the result is scaled by the row weights and scatter-added into B x T x out. The
+    backward mirrors it by hand: no per-expert autograd graph, no cat/split copies, and a few large
+    elementwise ops rather than many per-expert ones (each op is an OpenMP region).
+    Saved for backward: the gathered inputs, each layer's post-activation and its contiguous weights.
     """
 
     @staticmethod
-    def forward(ctx, x, row_weights, sample_index, bounds, p, training, *params):
+    def forward(ctx, x, row_weights, sample_index, row_expert, bounds, p, training, *params):
         n_layers = len(params) // 2
-        weights, biases = params[:n_layers], params[n_layers:]
+        biases = params[n_layers:]
+        weights = [w.contiguous() for w in params[:n_layers]]  # the first layer's flat storage is strided
         batch, tasks = x.shape[0], row_weights.shape[1]
-        scale = 1.0 / (1.0 - p) if training and p > 0 else 1.0
-        experts = [(e, bounds[e], bounds[e + 1]) for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
+        n = len(bounds) - 1
+        offs = torch.tensor(bounds[1:], dtype=torch.int32, device=x.device)
+        groups = [(e, bounds[e], bounds[e + 1]) for e in range(n) if bounds[e + 1] > bounds[e]]
         h = x.index_select(0, sample_index)  # R x d_in, one gather for all experts
         saved = [h]
         for w, b in zip(weights, biases, strict=False):
-            z = h.new_empty(h.shape[0], w.shape[2])
-            for e, lo, hi in experts:
-                torch.addmm(b[e], h[lo:hi], w[e], out=z[lo:hi])
-            h = z.clamp_min_(0)
-            if scale != 1.0:
-                h.mul_(torch.empty_like(h).bernoulli_(1.0 - p).mul_(scale))
+            h = _grouped_matmul(h, w, offs, groups, out_rows=True).add_(b.index_select(0, row_expert)).clamp_min_(0)
+            if training and p > 0:
+                h.mul_(dropout_mask(h, p))
             saved.append(h)
         weighted = h * row_weights if tasks == 1 else (h.unsqueeze(1) * row_weights.unsqueeze(2)).view(h.shape[0], -1)
         out = h.new_zeros(batch, weighted.shape[1]).index_add_(0, sample_index, weighted)
-        ctx.save_for_backward(row_weights, sample_index, *weights, *saved)
-        ctx.batch, ctx.experts, ctx.scale, ctx.n_layers = batch, experts, scale, n_layers
+        ctx.save_for_backward(row_weights, sample_index, row_expert, offs, *weights, *saved)
+        ctx.batch, ctx.groups, ctx.n_layers = batch, groups, n_layers
+        ctx.scale = 1.0 / (1.0 - p) if training and p > 0 else 1.0
         return out.view(batch, tasks, -1)
 
     @staticmethod
     def backward(ctx, grad_out):
-        row_weights, sample_index, *rest = ctx.saved_tensors
-        n_layers, experts, scale = ctx.n_layers, ctx.experts, ctx.scale
+        row_weights, sample_index, row_expert, offs, *rest = ctx.saved_tensors
+        n_layers, groups, scale = ctx.n_layers, ctx.groups, ctx.scale
         weights, acts = rest[:n_layers], rest[n_layers:]  # acts[0]: gathered inputs, acts[l + 1]: layer l's output
         tasks = row_weights.shape[1]
         need_x, need_rw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_w = ctx.needs_input_grad[6 : 6 + n_layers]
-        need_b = ctx.needs_input_grad[6 + n_layers :]
-        n_used = len(experts) == weights[0].shape[0]
-        grad_w = [
-            (torch.empty_like if n_used else torch.zeros_like)(w) if need else None
-            for w, need in zip(weights, need_w, strict=False)
-        ]
-        grad_b = [
-            w.new_zeros(w.shape[0], w.shape[2]) if need else None for w, need in zip(weights, need_b, strict=False)
-        ]
+        need_w = ctx.needs_input_grad[7 : 7 + n_layers]
+        need_b = ctx.needs_input_grad[7 + n_layers :]
+        grad_w: list[torch.Tensor | None] = [None] * n_layers
+        grad_b: list[torch.Tensor | None] = [None] * n_layers
         h = acts[-1]
         d_rows = grad_out.reshape(ctx.batch, -1).index_select(0, sample_index)  # R x (T * out)
         grad_rw = None
@@ -86,11 +134,13 @@ class _SparseMLPMix(torch.autograd.Function):
             if need_rw:
                 grad_rw = torch.linalg.vecdot(d_rows, h).unsqueeze(1)
             d_h = d_rows.mul_(row_weights)
-        else:
+        else:  # elementwise over the T tasks: a bmm of R tiny matrices runs one small kernel per row
             d_rows = d_rows.view(h.shape[0], tasks, -1)
             if need_rw:
-                grad_rw = torch.bmm(d_rows, h.unsqueeze(2)).squeeze(2)
-            d_h = torch.bmm(row_weights.unsqueeze(1), d_rows).squeeze(1)
+                grad_rw = torch.linalg.vecdot(d_rows, h.unsqueeze(1))
+            d_h = d_rows[:, 0] * row_weights[:, :1]
+            for t in range(1, tasks):
+                d_h.addcmul_(d_rows[:, t], row_weights[:, t : t + 1])
         grad_x = None
         for layer in range(n_layers - 1, -1, -1):
             # relu + dropout: dz = scale * dh where h > 0 (written over dh, a temporary)
@@ -98,18 +148,15 @@ class _SparseMLPMix(torch.autograd.Function):
             if scale != 1.0:
                 d_z.mul_(scale)
             h_in = acts[layer]
-            need_in = layer > 0 or need_x
-            d_h = h_in.new_empty(h_in.shape) if need_in else None
-            for e, lo, hi in experts:
-                if grad_w[layer] is not None:
-                    torch.mm(h_in[lo:hi].t(), d_z[lo:hi], out=grad_w[layer][e])
-                if grad_b[layer] is not None:
-                    torch.sum(d_z[lo:hi], 0, out=grad_b[layer][e])
-                if need_in:
-                    torch.mm(d_z[lo:hi], weights[layer][e].t(), out=d_h[lo:hi])
+            if need_w[layer]:
+                grad_w[layer] = _grouped_matmul(h_in.t(), d_z, offs, groups, out_rows=False)
+            if need_b[layer]:
+                grad_b[layer] = d_z.new_zeros(len(offs), d_z.shape[1]).index_add_(0, row_expert, d_z)
+            if layer > 0 or need_x:
+                d_h = _grouped_matmul(d_z, weights[layer].transpose(1, 2), offs, groups, out_rows=True)
         if need_x:
             grad_x = d_h.new_zeros(ctx.batch, d_h.shape[1]).index_add_(0, sample_index, d_h)
-        return (grad_x, grad_rw, None, None, None, None, *grad_w, *grad_b)
+        return (grad_x, grad_rw, None, None, None, None, None, *grad_w, *grad_b)
 
 
 class _Mix(torch.autograd.Function):
@@ -164,7 +211,7 @@ class _BiasReluMix(torch.autograd.Function):
             zc = z[lo : lo + step]
             zc.add_(bias).clamp_min_(0)
             if scale != 1.0:
-                zc.mul_(torch.empty_like(zc).bernoulli_(1.0 - p).mul_(scale))
+                zc.mul_(dropout_mask(zc, p))
             torch.bmm(g[lo : lo + step], zc.view(zc.shape[0], n, -1), out=out[lo : lo + step])
         ctx.mark_dirty(z)
         ctx.save_for_backward(z, g)
@@ -261,11 +308,18 @@ class MLPExperts(nn.Module):
         return out
 
     def sparse_mix(
-        self, x: torch.Tensor, row_weights: torch.Tensor, sample_index: torch.Tensor, bounds: list[int]
+        self,
+        x: torch.Tensor,
+        row_weights: torch.Tensor,
+        sample_index: torch.Tensor,
+        row_expert: torch.Tensor,
+        bounds: list[int],
     ) -> torch.Tensor:
         """Sparse path fused with the mixing: rows grouped by expert (see _SparseMLPMix) -> B x T x out."""
         params = [self.expert_weight(layer) for layer in range(len(self.weights))] + list(self.biases)
-        return _SparseMLPMix.apply(x, row_weights, sample_index, bounds, self.dropout, self.training, *params)
+        return _SparseMLPMix.apply(
+            x, row_weights, sample_index, row_expert, bounds, self.dropout, self.training, *params
+        )
 
     def each(self, x: torch.Tensor) -> torch.Tensor:
         """n x R x d -> n x R x out: expert e on its own rows x[e], one batched matmul per layer (Soft MoE's
@@ -356,7 +410,7 @@ def mix(experts: nn.Module, x: torch.Tensor, task_weights: list[torch.Tensor], s
     # each routed row's gate weight for every task: R x T
     row_weights = stacked.reshape(tasks, batch * n).index_select(1, sample_index * n + expert_index).t().contiguous()
     if hasattr(experts, "sparse_mix"):
-        return _per_task(experts.sparse_mix(x, row_weights, sample_index, bounds))
+        return _per_task(experts.sparse_mix(x, row_weights, sample_index, expert_index, bounds))
     out = _grouped(experts, x.index_select(0, sample_index), bounds)  # R x out
     weighted = (out.unsqueeze(1) * row_weights.unsqueeze(2)).reshape(out.shape[0], len(task_weights) * out.shape[1])
     combined = out.new_zeros(batch, weighted.shape[1]).index_add(0, sample_index, weighted)
