@@ -18,11 +18,27 @@ from moetune.tracking.base import Tracking
 Group = tuple[str, str, str, str, str]  # (gate, local_search, dataset, task_weights, sampler): one curve
 
 
+SEED_PARAM = "train.seed"  # a trial's seed, logged beside its sampled values
+
+
 @dataclass
 class Trial:
-    index: int
+    index: int  # its number in the study: the same number in another arm of the sweep is its pair
     finished: bool  # FINISHED with a finite selection metric; otherwise it counts in the budget as failed
     metrics: dict[str, float]
+    status: str = "FINISHED"  # FINISHED | FAILED, as recorded
+    params: dict[str, str] = field(default_factory=dict)  # as logged: sampled values and train.seed
+    init_digest: str | None = None
+    error: str | None = None
+
+    @property
+    def sampled(self) -> dict[str, str]:
+        """The sampled hyperparameters (the params without the seed)."""
+        return {k: v for k, v in self.params.items() if k != SEED_PARAM}
+
+    @property
+    def seed(self) -> str | None:
+        return self.params.get(SEED_PARAM)
 
 
 @dataclass
@@ -30,6 +46,7 @@ class Study:
     key: str
     tags: dict[str, str]
     trials: list[Trial] = field(default_factory=list)
+    space: dict[str, str] = field(default_factory=dict)  # the search space: name -> distribution as logged
 
     @property
     def group(self) -> Group:
@@ -93,7 +110,19 @@ def read_sweep(
         Study(
             s.key,
             dict(s.tags),
-            [Trial(t.index, _finished(t.status, t.metrics, selection), dict(t.metrics)) for t in s.trials],
+            [
+                Trial(
+                    t.index,
+                    _finished(t.status, t.metrics, selection),
+                    dict(t.metrics),
+                    t.status,
+                    dict(t.params),
+                    t.init_digest,
+                    t.error,
+                )
+                for t in s.trials
+            ],
+            dict(s.space),
         )
         for s in recorded.studies
     ]

@@ -17,9 +17,14 @@ from moetune.errors import ConfigError
 
 @dataclass
 class RecordedTrial:
-    index: int  # the order the tuner started it in
+    """One trial as the report reads it back: enough to pair it with its twin in another arm and to list it."""
+
+    index: int  # the trial's number in its study (tag moetune.trial_index): arms are paired by it
     status: str  # FINISHED | FAILED (RUNNING or KILLED ones are left out of a sweep's reading)
     metrics: dict[str, float]
+    params: dict[str, str] = field(default_factory=dict)  # as logged: the sampled values and train.seed
+    init_digest: str | None = None  # fingerprint of its initial weights (tag init_digest), FINISHED only
+    error: str | None = None  # FAILED: the error's one-line message
 
 
 @dataclass
@@ -27,6 +32,7 @@ class RecordedStudy:
     key: str
     tags: dict[str, str]
     trials: list[RecordedTrial] = field(default_factory=list)
+    space: dict[str, str] = field(default_factory=dict)  # the search space as open_study received it
 
 
 @dataclass

@@ -47,6 +47,7 @@ UNFINISHED = ("RUNNING", "SCHEDULED")
 DONE = ("FINISHED", "FAILED")
 FLUSH_SECONDS = 5.0
 BATCH = 1000  # MLflow's log_batch and search_runs page limit
+SPACE = "space."  # a study run's params: its search space, one "space.<name>" per entry
 
 
 def _clean(value: Any) -> str:
@@ -212,15 +213,29 @@ class MlflowTracking(Tracking):
         self.check(must_exist=True)
         exp = self._experiment(experiment)
         studies = {
-            r.info.run_id: RecordedStudy(r.data.tags.get(T.STUDY_KEY, r.info.run_id), dict(r.data.tags))
+            r.info.run_id: RecordedStudy(
+                r.data.tags.get(T.STUDY_KEY, r.info.run_id),
+                dict(r.data.tags),
+                space={k.removeprefix(SPACE): v for k, v in r.data.params.items() if k.startswith(SPACE)},
+            )
             for r in self._runs(exp.experiment_id, f"tags.`{T.ROLE}` = '{T.STUDY}'")
         }
         for run in self._runs(exp.experiment_id, f"tags.`{T.ROLE}` = '{T.TRIAL}'"):
             study = studies.get(run.data.tags.get(T.PARENT_RUN_ID))
             if study is None or run.info.status not in DONE:
                 continue  # an orphan, or a trial still running or killed by an interruption (re-run on resume)
-            index = int(run.data.tags.get(T.TRIAL_INDEX, run.info.start_time or 0))
-            study.trials.append(RecordedTrial(index, run.info.status, dict(run.data.metrics)))
+            run_tags = run.data.tags
+            index = int(run_tags.get(T.TRIAL_INDEX, run.info.start_time or 0))
+            study.trials.append(
+                RecordedTrial(
+                    index,
+                    run.info.status,
+                    dict(run.data.metrics),
+                    dict(run.data.params),
+                    run_tags.get(T.INIT_DIGEST),
+                    run_tags.get(T.ERROR),
+                )
+            )
         for study in studies.values():
             study.trials.sort(key=lambda t: t.index)
         return RecordedSweep(exp.name, exp.experiment_id, sorted(studies.values(), key=lambda s: s.key))
