@@ -14,6 +14,7 @@ from moetune import contract
 from moetune.cli.main import main as moetune_main
 from moetune.errors import ConfigError
 from moetune.report import analysis, budget, export, figures, sweep, tables
+from moetune.report import answer as answer_module
 from moetune.tracking import tags
 from moetune.tracking.mlflow_store import MlflowTracking
 
@@ -153,13 +154,15 @@ def test_files_written(exported):
         for x in ("", "_compute")
         for ext in ("png", "svg")
     }
+    expected |= {"trials.csv", "paired.csv", "importance.csv"}
+    expected |= {f"paired_{m}.{ext}" for m in ("test_loss", "test_watch_auc") for ext in ("png", "svg")}
     assert set(files) == expected
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temp folder left behind
     png = files["budget_test_loss.png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     svg = files["budget_test_watch_auc.svg"].read_text()
     assert "<svg" in svg and "tuning budget (trials)" in svg and "Top-k, local search" in svg
-    assert "Top-k, uniform warm-up (control)" in svg and "Top-k, no local search" in svg
+    assert "Top-k, uniform warm-up (dense start)" in svg and "Top-k, no local search" in svg
     assert "test_watch_auc (higher is better)" in svg
     compute = files["budget_test_loss_compute.svg"].read_text()
     assert "tuning budget (compute seconds)" in compute and "tuning budget (trials)" not in compute
@@ -271,12 +274,12 @@ def test_summary(exported, store):
             )
             assert row[4].endswith("; censored above]" if np.isinf(red.high) else "]")
     t_warm = _trials(data[("topk", "warmup", "random")][0], "test_loss")
-    warm_rows = _reduction_rows(text, "test_loss", "Top-k", arm="uniform warm-up (control)")
+    warm_rows = _reduction_rows(text, "test_loss", "Top-k", arm="uniform warm-up (dense start)")
     assert [r[0] for r in warm_rows] == ["n = 1", "n = 2", "n = 5"]
     for row, n in zip(warm_rows, (1, 2, 5), strict=True):
         red = budget.reduction_factor(t_warm, t_off, at=n, resamples=RESAMPLES, seed=0)
         assert row[1] == f"{red.q:.4g}" and row[2] == str(red.n_on)
-    assert _reduction_rows(text, "test_loss", "COMET", arm="uniform warm-up (control)") == []
+    assert _reduction_rows(text, "test_loss", "COMET", arm="uniform warm-up (dense start)") == []
     # TPE: from the running-best curves, no interval; censored here since off never reaches on's n=1
     tpe = [
         budget.running_best_curve([_trials(s, "test_loss") for s in data[("hash", ls, "tpe")]]) for ls in ("on", "off")
@@ -493,17 +496,35 @@ def test_summary_opens_with_the_answer(exported, store):
     assert lines[0] == f"# Budget vs quality — {SWEEP}"
     answer = lines[2]
     assert answer.startswith("**Answer.** With permutation local search, ") and answer.endswith(".")
-    # the headline is test_loss (the selection loss's test twin) at the largest target <= 10 the study has
+    # the headline is test_loss (the selection loss's test twin) at n = 2: the largest of 1, 2, 5 <= N_on / 4
+    assert answer_module.headline_at(N_RANDOM) == 2
     t_on, t_off = (_trials(data[("topk", ls, "random")][0], "test_loss") for ls in ("on", "off"))
-    red = budget.reduction_factor(t_on, t_off, at=5, resamples=RESAMPLES, seed=0)
-    assert f"Top-k on synthetic needs {str(red)} fewer trials to reach test_loss {red.q:.4g}" in answer
+    red = budget.reduction_factor(t_on, t_off, at=2, resamples=RESAMPLES, seed=0)
+    target = f"to reach test_loss {red.q:.4g}, what 2 trials reach with local search"
+    if red.low <= 1 <= red.high:
+        assert (
+            f"Top-k on synthetic shows no detectable difference in the tuning budget {target} (reduction {red})"
+            in answer
+        )
+    else:
+        assert f"Top-k on synthetic needs {red} fewer trials {target}" in answer
     assert "COMET on synthetic" in answer and "Hash on synthetic, tpe" in answer
+    # TPE's running best has no interval: its factor is given, but not as a claim
+    assert "without an interval (running best): not a claim" in answer.split("Hash on synthetic, tpe")[1]
+    # the paired difference on − off stands beside each factor
+    paired = _read_csv(files["paired.csv"])
+    row = next(r for r in paired if (r["gate"], r["comparison"], r["metric"]) == ("topk", "on − off", "test_loss"))
+    mean, low, high = (float(row[k]) for k in ("mean", "mean_low", "mean_high"))
+    assert f"with a paired on − off test_loss difference of {mean:.3g} [90% interval {low:.3g}, {high:.3g}]" in answer
+    assert answer.count("paired on − off test_loss difference") == 3  # Top-k, COMET, Hash
 
 
 def test_reduction_text_marks_censoring():
     red = budget.Reduction(
         q=0.5, at=10, n_on=2, n_off=None, n_off_max=64, factor=None, low=8.0, high=np.inf, censored=True
     )
+    assert str(red) == "> 32x (censored) [90% interval 8, ∞]"  # a censored factor is a claim: with its interval
+    red.low = red.high = np.nan
     assert str(red) == "> 32x (censored)"
     red = budget.Reduction(
         q=0.5, at=10, n_on=2, n_off=8, n_off_max=64, factor=4.0, low=1.5, high=np.inf, censored=False
@@ -598,7 +619,7 @@ def test_one_figure_description_drives_both_renderers(tmp_path):
     named = [t for t in fig.data if t.name]
     assert [t.name for t in named] == [  # one legend for the figure: each name says its row
         "Top-k, no local search (synthetic, task weights 0.1, 0.9)",
-        "Hash, uniform warm-up (control) (synthetic)",
+        "Hash, uniform warm-up (dense start) (synthetic)",
         "Top-k, local search (synthetic)",
         "Top-k, no local search (synthetic)",
         "Top-k, local search (TPE, running best) (synthetic)",

@@ -4,8 +4,12 @@ Data flows one way through the modules:
 
 - ``sweep``: read a sweep's studies and trials from a tracking store, keep those the filters ask for;
 - ``budget``: the budget-vs-quality estimators and reduction factors (numpy only);
-- ``analysis``: curves per group, reductions over no local search, top trials, the answer;
-- ``tables`` and ``figures``: write them (CSV, summary.md; PNG, SVG and one interactive HTML page);
+- ``paired``: trial n of one arm against trial n of another (differences, bootstrap, Wilcoxon);
+- ``analysis``: curves per group, reductions over no local search, top trials, the paired differences, and
+  the answer (worded by ``answer``);
+- ``tables`` and ``figures``: write them (CSV, summary.md; PNG, SVG and one interactive HTML page), with
+  ``paired_figure``, ``trials_table`` (every trial, what the permutation phase did) and ``importance``
+  (fANOVA per study); ``labels``: the words they share;
 - ``export``: run the above into a folder and keep the files with the sweep.
 
 ``export_sweep``, ``print_answer`` and ``Export`` are loaded on first use, so that importing the

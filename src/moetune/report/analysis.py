@@ -1,5 +1,6 @@
 """What a sweep's trials say: budget-vs-quality curves per group, reduction factors over no local search,
-the paper's top-5% reporting, and the one-sentence answer. Pure computation, so tables and figures only format.
+the paper's top-5% reporting, the paired differences between arms (``paired``), and the one-sentence answer
+(worded by ``answer``). Pure computation, so tables and figures only format.
 
 Random-search studies of the same gate/local_search/dataset/task weights are pooled (their trials are
 independent draws from the same space, whatever the seed) and use the exact expected-max estimator with a
@@ -17,26 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from moetune.contract import ACTIVE_EXPERTS, TRAIN_SAMPLES_PER_SECOND, WALL_SECONDS, higher_is_better
-from moetune.report import budget
+from moetune.report import answer, budget
+from moetune.report.labels import ARM_LABELS as ARM_LABELS
+from moetune.report.labels import ARM_ORDER as ARM_ORDER
+from moetune.report.labels import ARMS as ARMS
+from moetune.report.labels import GATE_LABELS as GATE_LABELS
+from moetune.report.labels import setting_text as setting_text
+from moetune.report.paired import PairedDiff, paired_differences
 from moetune.report.sweep import Group, Study
 from moetune.tracking import tags
 
-HEADLINE_AT = 10  # the answer's target quality: the local-search curve's value at 10 trials
 TOP_FRACTION = 0.05  # the paper's reporting (supplement S1.3): top 5% of trials by validation loss
-GATE_LABELS = {
-    "topk": "Top-k",
-    "dselect_k": "DSelect-k",
-    "comet": "COMET",
-    "hash": "Hash",
-    "softmax": "Softmax",
-    "xmoe": "X-MoE",
-    "expert_choice": "Expert Choice",
-    "usmoe": "USMoE",
-    "soft_moe": "Soft MoE",
-}
-ARMS = ("on", "warmup")  # arms compared with local_search=off
-ARM_LABELS = {"on": "local search", "warmup": "uniform warm-up (control)", "off": "no local search"}
-ARM_ORDER = {"on": 0, "warmup": 1, "off": 2}  # rows of a table, series of a panel
 
 # (metric, dataset, task_weights, gate, sampler, arm) of one arm's reductions over "off"
 ReductionKey = tuple[str, str, str, str, str, str]
@@ -111,6 +103,8 @@ class Analysis:
     reductions: dict[ReductionKey, list[budget.Reduction]]
     tops: list[TopTrials]
     costs: list[GateCost]  # one per curve, for the gates side by side
+    paired: list[PairedDiff]  # arm − base, trial n against trial n, per group, comparison and metric
+    resamples: int
     headline: str  # the metric the answer is given in
     answer: str  # one sentence, the head of summary.md
     lines: list[str]  # the answer as one line per gate, for the terminal
@@ -123,9 +117,13 @@ def analyse(
     curves = group_curves(studies, metrics, selection, resamples, seed, level)
     reductions = arm_reductions(curves, val_up, resamples, seed, level)
     headline = headline_metric(studies, metrics)
-    answer, lines = headline_answer(reductions, headline)
+    paired = paired_differences(studies, metrics, resamples=resamples, seed=seed, level=level)
+    by_key = {(r.metric, r.dataset, r.task_weights, r.gate, r.sampler, r.local_search): r.curve for r in curves}
+    text, lines = answer.headline_answer(reductions, by_key, paired, headline)
     tops, costs = top_trials(curves, val_up), gate_costs(curves)
-    return Analysis(selection, level, metrics, curves, reductions, tops, costs, headline, answer, lines)
+    return Analysis(
+        selection, level, metrics, curves, reductions, tops, costs, paired, resamples, headline, text, lines
+    )
 
 
 # ---------------------------------------------------------------- curves
@@ -205,10 +203,10 @@ def arm_reductions(
     (metric, dataset, task_weights, gate, sampler, arm) where both exist.
 
     Each value is a list of budget.Reduction, one per target n in budget.REDUCTION_AT (<= N_arm)
-    plus HEADLINE_AT.
+    plus answer.HEADLINE_CANDIDATES.
     """
     by = {(r.metric, r.dataset, r.task_weights, r.gate, r.sampler, r.local_search): r for r in results}
-    ats = sorted(set(budget.REDUCTION_AT) | {HEADLINE_AT})
+    ats = sorted(set(budget.REDUCTION_AT) | set(answer.HEADLINE_CANDIDATES))
     out = {}
     for (metric, dataset, weights, gate, sampler, arm), res in by.items():
         off = by.get((metric, dataset, weights, gate, sampler, "off"))
@@ -269,10 +267,6 @@ def gate_costs(results: list[GroupCurve]) -> list[GateCost]:
 # ---------------------------------------------------------------- words shared by the answer, tables and figures
 
 
-def setting_text(dataset: str, weights: str) -> str:
-    return dataset + ("" if weights == "equal" else f", task weights {weights.replace('_', ', ')}")
-
-
 def label(gate: str, local_search: str, sampler: str) -> str:
     """A curve's name, e.g. "Top-k, local search" or "Hash, no local search (TPE, running best)"."""
     text = f"{GATE_LABELS.get(gate, gate)}, {ARM_LABELS.get(local_search, local_search)}"
@@ -306,31 +300,3 @@ def headline_metric(studies: list[Study], metrics: list[str]) -> str:
         if m in metrics:
             return m
     return "test_loss" if "test_loss" in metrics else metrics[0]
-
-
-def headline_answer(reductions: dict[ReductionKey, list[budget.Reduction]], metric: str) -> tuple[str, list[str]]:
-    """(one sentence for summary.md, one line per gate for the terminal): local search's reduction factor
-    at the quality its curve reaches at HEADLINE_AT trials (or at its largest budget below that)."""
-    lines, clauses = [], []
-    for key in sorted(k for k in reductions if k[0] == metric and k[5] == "on"):
-        _, dataset, weights, gate, sampler, _ = key
-        reds = reductions[key]
-        r = next((x for x in reds if x.at == HEADLINE_AT), reds[-1] if reds else None)
-        if r is None:
-            continue
-        name = GATE_LABELS.get(gate, gate)
-        where = setting_text(dataset, weights) + ("" if sampler == "random" else f", {sampler}")
-        target = f"{metric} {r.q:.4g}, what {r.at} trials reach with local search"
-        lines.append(f"{name} ({where}): budget reduction {r} to reach {target}")
-        if r.factor is not None and r.factor < 1:
-            clauses.append(
-                f"{name} on {where} needs {1 / r.factor:.3g}x more trials, not fewer, to reach {target} (reduction {r})"
-            )
-        else:
-            clauses.append(f"{name} on {where} needs {r} fewer trials to reach {target}")
-    if not clauses:
-        return (
-            "No gate has studies both with and without local search, so there is no reduction factor; "
-            "run local_search=on,off."
-        ), []
-    return "With permutation local search, " + "; ".join(clauses) + ".", lines

@@ -137,12 +137,16 @@ class Reduction:
         return None if self.n_on is None else self.n_off_max / self.n_on
 
     def __str__(self) -> str:
-        """'3.2x [90% interval 1.1, 8]'; '> 6.4x (censored)' when the off-curve never reaches q; an interval
-        with no upper end (some resamples never reach q) says 'censored above'."""
+        """'3.2x [90% interval 1.1, 8]'; '> 6.4x (censored) [90% interval 2, ∞]' when the off-curve never
+        reaches q (a claim too, with its interval); an interval with no upper end (some resamples never reach
+        q) says 'censored above'."""
         if self.n_on is None:
             return "n/a (target not reached)"
         if self.censored:
-            return f"> {self.lower_bound:.3g}x (censored)"
+            text = f"> {self.lower_bound:.3g}x (censored)"
+            if not (np.isnan(self.low) or np.isnan(self.high)):
+                text += f" [{self.level:.0%} interval {_fmt_bound(self.low)}, {_fmt_bound(self.high)}]"
+            return text
         text = f"{self.factor:.3g}x"
         if np.isfinite(self.low) or np.isfinite(self.high):
             text += f" [{self.level:.0%} interval {_fmt_bound(self.low)}, {_fmt_bound(self.high)}"

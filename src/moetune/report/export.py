@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moetune.errors import ConfigError
-from moetune.report import figures, tables
+from moetune.report import figures, importance, paired, paired_figure, tables, trials_table
 from moetune.report.analysis import analyse
 from moetune.report.sweep import read_sweep, report_metrics
 from moetune.tracking import Tracking
@@ -86,7 +86,13 @@ def export_sweep(
     except OSError as exc:
         raise ConfigError(f"cannot write the export to {out} ({exc.strerror}); pass --out <writable folder>") from None
     try:
-        names = tables.write_tables(tmp, experiment_name, analysis) + figures.write_figures(tmp, analysis)
+        imps = importance.importances(sweep.studies, selection)
+        appendix = trials_table.diagnostics_lines(sweep.studies) + importance.summary_lines(imps)
+        names = tables.write_tables(tmp, experiment_name, analysis, appendix) + figures.write_figures(tmp, analysis)
+        trials_table.write_csv(tmp / "trials.csv", sweep.studies)
+        paired.write_csv(tmp / "paired.csv", analysis.paired)
+        importance.write_csv(tmp / "importance.csv", imps)
+        names += ["trials.csv", "paired.csv", "importance.csv"] + paired_figure.write_figures(tmp, analysis.paired)
         for name in names:
             os.replace(tmp / name, out / name)
     finally:

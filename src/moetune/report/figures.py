@@ -30,7 +30,8 @@ from moetune.report.analysis import (
 if TYPE_CHECKING:
     from plotly.graph_objects import Figure as PlotlyFigure
 
-ARM_COLORS = {"on": (31, 119, 180), "off": (255, 127, 14), "warmup": (44, 160, 44)}  # blue, orange, green
+# blue, orange, green, purple
+ARM_COLORS = {"on": (31, 119, 180), "off": (255, 127, 14), "warmup": (44, 160, 44), "frozen": (148, 103, 189)}
 OTHER_COLOR = (127, 127, 127)
 X_AXES = {
     "trials": ("budgets", "tuning budget (trials)"),

@@ -6,13 +6,13 @@ Formatting only; every number comes from an ``Analysis``.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from moetune.contract import higher_is_better
-from moetune.report import budget
+from moetune.report import budget, paired
 from moetune.report.analysis import (
     ARM_LABELS,
     ARM_ORDER,
@@ -28,6 +28,7 @@ from moetune.report.analysis import (
     label,
     setting_text,
 )
+from moetune.report.answer import HEADLINE_RULE
 
 REPORT_BUDGETS = (1, 10, 100)  # the summary's curve columns
 GATE_BUDGETS = (1, 16)  # the gates-side-by-side columns: one trial, and a small tuning budget
@@ -82,9 +83,10 @@ TOP_COLUMNS = [
 ]
 
 
-def write_tables(folder: Path, experiment: str, analysis: Analysis) -> list[str]:
-    """Write the four tables into ``folder``; returns their file names, summary first."""
-    write_summary(folder / "summary.md", experiment, analysis)
+def write_tables(folder: Path, experiment: str, analysis: Analysis, appendix: Sequence[str] = ()) -> list[str]:
+    """Write the four tables into ``folder``; returns their file names, summary first. ``appendix``: further
+    summary.md sections (markdown lines), written last."""
+    write_summary(folder / "summary.md", experiment, analysis, appendix)
     write_curves_csv(folder / "curves.csv", analysis.curves)
     write_reductions_csv(folder / "reductions.csv", analysis.reductions)
     write_top_csv(folder / "top_trials.csv", analysis.tops)
@@ -271,13 +273,16 @@ def _gates_table(costs: list[GateCost], metric: str) -> list[str]:
     return lines
 
 
-def write_summary(path: Path, experiment: str, analysis: Analysis) -> None:
-    """The answer first, then per metric and panel (setting x gate) the curves' values and the reductions."""
+def write_summary(path: Path, experiment: str, analysis: Analysis, appendix: Sequence[str] = ()) -> None:
+    """The answer first, how its target was chosen, the paired comparisons, then per metric and panel (setting
+    x gate) the curves' values and the reductions, then ``appendix``."""
     level, results, reductions = analysis.level, analysis.curves, analysis.reductions
     lines = [
         f"# Budget vs quality — {experiment}",
         "",
         f"**Answer.** {analysis.answer}",
+        "",
+        HEADLINE_RULE,
         "",
         f"Selection by `{analysis.selection}`. Quality at n = expected test score of the trial a budget of n "
         'trials selects; "best" = the trial the whole study selects (mean over seeds for running best). '
@@ -285,10 +290,12 @@ def write_summary(path: Path, experiment: str, analysis: Analysis) -> None:
         "the budgets the curves without local search and with the arm need to reach q = the arm's curve's "
         'value at n; "> N" (censored): without local search the curve never reaches q within its N '
         "trials; an interval whose upper end is ∞ is censored above (some resamples never reach q). "
-        "The uniform warm-up arm is the control: the same first E_perm epochs with the gates mixed by a "
-        "fixed uniform matrix instead of a learned permutation.",
+        "Arms: local search (on); frozen permutation (frozen: as on, with the permutation's log-weights kept at "
+        "their initial draw), the control for learning the permutation; uniform warm-up (warmup: every expert "
+        "mixed by 1/n for the first E_perm epochs), a dense start rather than a control for the permutation.",
         "",
     ]
+    lines += paired.summary_lines(analysis.paired, level, analysis.resamples)
     for metric in sorted({r.metric for r in results}):
         lines += [f"## {direction_text(metric)}", ""]
         lines += _gates_table(analysis.costs, metric)
@@ -318,4 +325,5 @@ def write_summary(path: Path, experiment: str, analysis: Analysis) -> None:
                     if by_arm:
                         lines += _reduction_table(by_arm, sampler, level)
         lines += _top_table(tops=analysis.tops, metric=metric)
+    lines += list(appendix)
     path.write_text("\n".join(lines), encoding="utf-8")
