@@ -129,7 +129,7 @@ def test_paired_table_gives_the_known_differences(exported):
     for name, (d, unpaired) in expected.items():
         row = rows[(name, "test_loss")]
         assert int(row["n_pairs"]) == d.size and int(row["n_unpaired"]) == unpaired
-        assert int(row["n_seed_mismatch"]) == 0  # pairs share train.seed
+        assert int(row["n_mismatched"]) == 0  # pairs share train.seed and train.lr
         assert float(row["mean"]) == pytest.approx(d.mean(), abs=1e-12)
         assert float(row["median"]) == pytest.approx(np.median(d), abs=1e-12)
         assert float(row["share_better"]) == pytest.approx(np.mean(d < -1e-12))  # lower loss is better
@@ -239,6 +239,8 @@ def test_importance_runs_on_a_small_study_and_gives_a_row_per_parameter(studies,
         (arm, p) for arm in ("on", "frozen", "warmup") for p in ("train.lr", "local_search.e_perm")
     }
     assert {r["n_trials"] for r in rows if r["local_search"] == "frozen"} == {str(N - 1)}
+    on_rows = {r["param"]: float(r["importance"]) for r in rows if r["local_search"] == "on"}
+    assert on_rows == pytest.approx(result.values)
     text = exported.files["summary.md"].read_text().split("## Hyperparameter importance")[1]
     assert "| parameter | local search (8 trials) | frozen permutation (control) (7 trials) |" in text
     assert "- topk-off-synthetic-seed0 (off): skipped, 1 sampled parameter(s) that vary" in text
@@ -338,3 +340,18 @@ def test_the_answer_names_a_curve_that_is_not_monotone_and_gives_the_paired_diff
 
 def test_the_headline_target_stays_out_of_the_flat_tail():
     assert [answer.headline_at(n) for n in (1, 4, 7, 8, 19, 20, 24, 500)] == [1, 1, 1, 2, 2, 5, 5, 5]
+
+
+def test_a_pair_whose_trials_were_not_sampled_alike_is_counted(studies):
+    """Pairing promises trial n's seed and shared sampled values alike in both arms; a pair that breaks it is
+    counted (n_mismatched) rather than silently compared."""
+    on, off = (next(s for s in studies if s.tags[tags.LOCAL_SEARCH] == arm) for arm in ("on", "off"))
+    group = ("topk", "synthetic", "equal", "random")
+    p = paired.compare(group, "on", [on], "off", [off], "test_loss", resamples=10, seed=0, level=0.9)
+    assert (p.n, p.n_mismatched) == (N, 0)
+    drifted = [sweep.Trial(t.index, t.finished, t.metrics, t.status, dict(t.params)) for t in off.trials]
+    drifted[2].params["train.lr"] = "0.5"
+    drifted[4].params["train.seed"] = "7"
+    other = sweep.Study(off.key, off.tags, drifted, off.space)
+    p = paired.compare(group, "on", [on], "off", [other], "test_loss", resamples=10, seed=0, level=0.9)
+    assert (p.n, p.n_mismatched) == (N, 2)

@@ -117,7 +117,8 @@ def analyse(
     curves = group_curves(studies, metrics, selection, resamples, seed, level)
     reductions = arm_reductions(curves, val_up, resamples, seed, level)
     headline = headline_metric(studies, metrics)
-    paired = paired_differences(studies, metrics, resamples=resamples, seed=seed, level=level)
+    first = [headline] + [m for m in metrics if m != headline]  # the answer's metric leads the paired view
+    paired = paired_differences(studies, first, resamples=resamples, seed=seed, level=level)
     by_key = {(r.metric, r.dataset, r.task_weights, r.gate, r.sampler, r.local_search): r.curve for r in curves}
     text, lines = answer.headline_answer(reductions, by_key, paired, headline)
     tops, costs = top_trials(curves, val_up), gate_costs(curves)

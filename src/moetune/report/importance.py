@@ -132,7 +132,8 @@ def study_importance(study: Study, selection: str) -> Importance:
         opt = optuna.create_study(direction="maximize" if higher_is_better(selection) else "minimize")
         opt.add_trials(frozen)
         evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=N_TREES, seed=0)
-        result.values = dict(optuna.importance.get_param_importances(opt, evaluator=evaluator))
+        got = optuna.importance.get_param_importances(opt, evaluator=evaluator)
+        result.values = {k: float(v) for k, v in got.items()}
     finally:
         optuna.logging.set_verbosity(verbosity)
     return result
@@ -155,7 +156,7 @@ def write_csv(path: Path, results: list[Importance]) -> None:
             seed = r.study.tags.get(tags.SEED, "")
             for param, value in r.values.items():
                 w.writerow(
-                    [r.study.key, gate, arm, dataset, weights, sampler, seed, param, repr(value)]
+                    [r.study.key, gate, arm, dataset, weights, sampler, seed, param, repr(float(value))]
                     + [r.n_trials, r.objective]
                 )
 

@@ -38,7 +38,7 @@ COLUMNS = [
     "higher_is_better",
     "n_pairs",
     "n_unpaired",
-    "n_seed_mismatch",
+    "n_mismatched",
     "mean",
     "mean_low",
     "mean_high",
@@ -62,7 +62,7 @@ class PairedDiff:
     trials: list[tuple[str, int]]  # (study seed, trial number) of each pair
     diff: np.ndarray  # arm's metric minus base's, per pair
     n_unpaired: int  # finished trials of either arm without a finished twin
-    n_seed_mismatch: int  # pairs whose trials ran with different train.seed values (should be 0)
+    n_mismatched: int  # pairs whose trials differ in train.seed or in a value both arms sample (should be 0)
     mean: float
     mean_low: float
     mean_high: float
@@ -95,6 +95,11 @@ class PairedDiff:
 
 def _by_pair(studies: list[Study]) -> dict[tuple[str, int], Trial]:
     return {(s.tags.get(tags.SEED, "0"), t.index): t for s in studies for t in s.trials if t.finished}
+
+
+def _differ(a: Trial, b: Trial) -> bool:
+    """Whether two trials of a pair differ in what pairing promises alike: the seed and the shared values."""
+    return any(a.params[k] != b.params[k] for k in a.params.keys() & b.params.keys())
 
 
 def wilcoxon_p(diff: np.ndarray) -> float:
@@ -142,9 +147,7 @@ def compare(
     diff = np.array([mine[k].metrics[metric] - theirs[k].metrics[metric] for k in keys], dtype=float)
     ok = np.isfinite(diff)
     keys, diff = [k for k, f in zip(keys, ok, strict=True) if f], diff[ok]
-    mismatch = sum(
-        mine[k].seed is not None and theirs[k].seed is not None and mine[k].seed != theirs[k].seed for k in keys
-    )
+    mismatch = sum(_differ(mine[k], theirs[k]) for k in keys)
     better = diff > 0 if higher_is_better(metric) else diff < 0
     mean_lo, mean_hi, med_lo, med_hi = bootstrap_intervals(diff, resamples, seed, level)
     return PairedDiff(
@@ -155,7 +158,7 @@ def compare(
         trials=keys,
         diff=diff,
         n_unpaired=len(mine) + len(theirs) - 2 * len(keys),
-        n_seed_mismatch=int(mismatch),
+        n_mismatched=int(mismatch),
         mean=float(diff.mean()) if diff.size else math.nan,
         mean_low=mean_lo,
         mean_high=mean_hi,
@@ -212,7 +215,7 @@ def write_csv(path: Path, paired: list[PairedDiff]) -> None:
             gate, dataset, weights, sampler = p.group
             w.writerow(
                 [gate, dataset, weights, sampler, p.name, p.arm, p.base, p.metric, higher_is_better(p.metric)]
-                + [p.n, p.n_unpaired, p.n_seed_mismatch]
+                + [p.n, p.n_unpaired, p.n_mismatched]
                 + [_num(x) for x in (p.mean, p.mean_low, p.mean_high, p.median, p.median_low, p.median_high)]
                 + [_num(p.share_better), _num(p.wilcoxon_p), p.level]
             )
@@ -258,11 +261,11 @@ def summary_lines(paired: list[PairedDiff], level: float, resamples: int) -> lis
                 f"{p.n_better}/{p.n} | {_fmt(p.wilcoxon_p)} |"
             )
         lines.append("")
-    mismatched = sum(p.n_seed_mismatch for p in paired)
+    mismatched = sum(p.n_mismatched for p in paired)
     if mismatched:
         lines += [
-            f"Warning: {mismatched} pair(s) ran with different train.seed values: those arms were not sampled "
-            "alike, so their pairs are not matched draws (paired.csv, n_seed_mismatch).",
+            f"Warning: {mismatched} pair(s) differ in their seed or in a sampled value both arms search: those "
+            "arms were not sampled alike, so their pairs are not matched draws (paired.csv, n_mismatched).",
             "",
         ]
     return lines
