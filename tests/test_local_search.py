@@ -340,3 +340,27 @@ def test_effective_experts_spans_permutation_to_uniform():
 
     assert effective_experts(torch.eye(5)) == pytest.approx(1.0)
     assert effective_experts(torch.full((5, 5), 0.2)) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("use_numpy", [True, False])
+@pytest.mark.parametrize("n_iters, tau", [(1, 1.0), (20, 1e-3), (150, 1e-7)])
+def test_log_sinkhorn_gradient_equals_autograd_through_the_unrolled_iterations(n_iters, tau, use_numpy, monkeypatch):
+    """The CPU's numpy loops and the torch loops (what a GPU runs) both give autograd's unrolled gradient."""
+    from moetune.moe import local_search
+
+    monkeypatch.setattr(local_search, "USE_NUMPY_ON_CPU", use_numpy)
+    torch.manual_seed(n_iters)
+    log_weights = torch.empty(6, 6, dtype=torch.float64).uniform_(-0.05, 0.05).requires_grad_()
+    weight = torch.randn(6, 6, dtype=torch.float64)
+
+    def plain(x):
+        for _ in range(n_iters):
+            x = x - torch.logsumexp(x, dim=-1, keepdim=True)
+            x = x - torch.logsumexp(x, dim=-2, keepdim=True)
+        return x.exp()
+
+    (want,) = torch.autograd.grad((plain(log_weights / tau) * weight).sum(), log_weights)
+    p = log_sinkhorn(log_weights / tau, n_iters)
+    (got,) = torch.autograd.grad((p * weight).sum(), log_weights)
+    torch.testing.assert_close(p, plain(log_weights / tau).detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
