@@ -355,3 +355,25 @@ def test_a_pair_whose_trials_were_not_sampled_alike_is_counted(studies):
     other = sweep.Study(off.key, off.tags, drifted, off.space)
     p = paired.compare(group, "on", [on], "off", [other], "test_loss", resamples=10, seed=0, level=0.9)
     assert (p.n, p.n_mismatched) == (N, 2)
+
+
+def test_dose_response_points_give_the_known_paired_differences_and_phase_medians(store, tmp_path):
+    from moetune.report import dose_response
+
+    uri, _ = store
+    read = sweep.read_sweep(MlflowTracking(uri), SWEEP)
+    rows = {r.comparison: r for r in dose_response.points(read, "test_loss", resamples=200)}
+    assert set(rows) == {"on - off", "on - frozen", "frozen - off"}
+    on_off = rows["on - off"]
+    assert on_off.n_pairs == N and on_off.mean == pytest.approx(D_ON.mean())
+    assert on_off.perm_steps == pytest.approx(np.median(100.0 * np.array(E_PERM)))
+    assert on_off.perm_shift == pytest.approx(np.median(0.01 * (np.arange(N) + 1)))
+    assert on_off.reduction_at == answer.headline_at(N) and math.isfinite(on_off.reduction)
+    keep = np.arange(N) != FAILED_FROZEN
+    assert rows["on - frozen"].n_pairs == N - 1
+    assert rows["on - frozen"].mean == pytest.approx((D_ON - D_FROZEN)[keep].mean())
+    dose_response.write_csv(tmp_path / "points.csv", list(rows.values()))
+    dose_response.write_figure(tmp_path / "dose.png", list(rows.values()))
+    with (tmp_path / "points.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert (tmp_path / "dose.png").stat().st_size > 10_000
