@@ -322,3 +322,57 @@ def test_unknown_choice_gets_hydras_listing(workdir, override, listing):
     assert proc.returncode != 0
     assert listing in proc.stderr
     assert list((workdir / "mlruns").iterdir()) == []
+
+
+def test_frozen_control_arm_through_the_command_line_writes_the_paired_view(workdir):
+    """gate=topk local_search=on,off,frozen: the arms share each trial's sampled values and seed, the frozen
+    arm's permutation never moves, and the export carries trials.csv, paired.csv, importance and the phase."""
+    proc = run_cli(
+        workdir,
+        "-m",
+        "gate=topk",
+        "local_search=on,off,frozen",
+        "tuner.n_trials=5",
+        "search_space.local_search.e_perm.high=2",
+        "sweep.name=arms",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    export = workdir / "sweeps" / "arms" / "export"
+    with open(export / "trials.csv") as f:
+        trials = list(csv.DictReader(f))
+    assert len(trials) == 15
+    for column in (
+        "study",
+        "trial",
+        "seed",
+        "init_digest",
+        "train.lr",
+        "e_perm",
+        "perm_steps",
+        "best_epoch",
+        "epochs_run",
+        "status",
+        "best_val_loss",
+        "test_loss",
+        "wall_seconds",
+        "perm_shift",
+        "perm_reassigned",
+        "perm_effective_experts_start",
+        "perm_effective_experts_end",
+    ):
+        assert column in trials[0], column
+    by_arm = {arm: {int(t["trial"]): t for t in trials if t["local_search"] == arm} for arm in ("on", "off", "frozen")}
+    for n in range(5):  # paired: the same lr and seed in every arm; on and frozen share E_perm and init
+        assert len({by_arm[a][n]["train.lr"] for a in by_arm}) == 1 and len({by_arm[a][n]["seed"] for a in by_arm}) == 1
+        assert by_arm["on"][n]["init_digest"] == by_arm["frozen"][n]["init_digest"]
+        assert float(by_arm["frozen"][n]["perm_shift"]) == 0.0 and float(by_arm["frozen"][n]["perm_reassigned"]) == 0
+        assert float(by_arm["on"][n]["perm_steps"]) > 0 and by_arm["off"][n]["perm_steps"] == ""
+    with open(export / "paired.csv") as f:
+        comparisons = {(r["arm"], r["base"]) for r in csv.DictReader(f) if r["metric"] == "test_loss"}
+    assert comparisons == {("on", "off"), ("frozen", "off"), ("on", "frozen")}
+    with open(export / "importance.csv") as f:
+        assert {r["local_search"] for r in csv.DictReader(f)} >= {"on", "frozen"}
+    assert (export / "paired_test_loss.png").exists()
+    summary = (export / "summary.md").read_text()
+    assert "learning the permutation" in summary and "perm_shift" in summary
