@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run lint test bench scale-out-demo clean
+.PHONY: setup run lint test test-fast bench scale-out-demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,17 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
+test-fast: setup
+	# the edit-test loop: every test but the end-to-end runs through the real command line (marked slow)
+	$(BIN)/python -m pytest -q -x -m "not slow"
+
 scale-out-demo: setup
 	# PostgreSQL + mlflow server + a two-node Ray cluster on this machine, a demo sweep, then all stopped
 	$(BIN)/python scripts/scale_out_demo.py
 
 bench: setup
 	$(BIN)/python bench/bench_moe_layer.py
+	$(BIN)/python bench/bench_trial_throughput.py
 
 clean:
 	rm -rf $(VENV) sweeps/* mlruns/*

@@ -377,3 +377,19 @@ def test_dose_response_points_give_the_known_paired_differences_and_phase_median
     with (tmp_path / "points.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 3
     assert (tmp_path / "dose.png").stat().st_size > 10_000
+
+
+def test_the_paired_words_say_no_detectable_difference_when_the_interval_contains_zero(store):
+    uri, _ = store
+    read = sweep.read_sweep(MlflowTracking(uri), SWEEP)
+    by_arm = {s.tags[tags.LOCAL_SEARCH]: [s] for s in read.studies}
+    group = ("topk", "synthetic", "equal", "random")
+
+    def words(arm):
+        p = paired.compare(group, arm, by_arm[arm], "off", by_arm["off"], "test_loss", resamples=500, seed=0, level=0.9)
+        return p, answer._paired_text(p, "test_loss")[1]
+
+    p, text = words("frozen")  # differences of both signs around +0.003
+    assert p.mean_low <= 0 <= p.mean_high and "no detectable difference" in text
+    p, text = words("on")  # all but two differences negative: the interval excludes 0
+    assert p.mean_high < 0 and "no detectable difference" not in text

@@ -87,6 +87,8 @@ def _paired_text(p: PairedDiff | None, metric: str) -> tuple[str, str]:
     if p is None:
         return f"no paired trials for {metric}", f"no paired trials for {metric}"
     better = f"local search better in {p.n_better}/{p.n} pairs"
+    if p.mean_low <= 0 <= p.mean_high:  # the interval contains "no difference": the words say so
+        better = f"no detectable difference; {better}"
     return (
         f"a paired {p.name} {metric} difference of {p.interval_text()} ({better})",
         f"paired {p.name} {metric}: mean {p.interval_text()}, {better}",
@@ -100,7 +102,7 @@ def gate_answer(
     metric, dataset, weights, gate, sampler, arm = key
     name = GATE_LABELS.get(gate, gate)
     where = setting_text(dataset, weights) + ("" if sampler == "random" else f", {sampler}")
-    target = f"{metric} {r.q:.4g}, what {r.at} trials reach with local search"
+    target = f"{metric} {r.q:.4g}, what {r.at} trial{'s' if r.at != 1 else ''} reach with local search"
     note = _monotone_note(curves, key, higher_is_better(metric))
     pair, pair_line = _paired_text(find(paired, (gate, dataset, weights, sampler), arm, "off", metric), metric)
     kind = verdict(r)
