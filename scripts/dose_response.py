@@ -1,6 +1,6 @@
 """The dose-response of local search: one sweep per phase length, then its effect against the phase's steps.
 
-    python scripts/dose_response.py experiment=dose_synthetic --e-perm 1,4,20 --out docs/results/dose-response
+    python scripts/dose_response.py experiment=dose_synthetic --gates topk --e-perm 1,4,20 --out docs/results/dose-response
 
 For each E in --e-perm, runs through train.py's real command line
     python train.py -m <overrides> gate=<gates> local_search=on,frozen,off local_search.e_perm=E
@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--e-perm", default="1,4,20", help="phase lengths in epochs (default %(default)s)")
     parser.add_argument("--gates", default="topk,hash", help="gates (default %(default)s)")
     parser.add_argument("--epochs-per-phase", type=int, default=10, help="train.max_epochs = this x E (default 10)")
-    parser.add_argument("--name", default=None, help="sweep name prefix (default dose-<experiment>)")
+    parser.add_argument("--name", default=None, help="sweep name prefix (default dose-<experiment without dose_>)")
     parser.add_argument("--out", default=None, help="output folder (default sweeps/<name>)")
     parser.add_argument("--metric", default="test_loss", help="the compared test metric (default %(default)s)")
     parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
@@ -43,7 +43,7 @@ def main() -> int:
         print("error: --e-perm needs positive phase lengths in epochs, e.g. 1,4,20", file=sys.stderr)
         return 2
     experiment = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("experiment=")), "quick")
-    name = args.name or f"dose-{experiment}"
+    name = args.name or f"dose-{experiment.removeprefix('dose_')}"
     out = Path(args.out or Path("sweeps") / name)
     sweeps = []
     for e_perm in phases:
