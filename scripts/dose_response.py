@@ -1,6 +1,7 @@
 """The dose-response of local search: one sweep per phase length, then its effect against the phase's steps.
 
-    python scripts/dose_response.py experiment=dose_synthetic --gates topk --e-perm 1,4,20 --out docs/results/dose-response
+    python scripts/dose_response.py experiment=dose_synthetic --gates topk --e-perm 1,4,20 \
+        --out docs/results/dose-response
 
 For each E in --e-perm, runs through train.py's real command line
     python train.py -m <overrides> gate=<gates> local_search=on,frozen,off local_search.e_perm=E
