@@ -147,6 +147,12 @@ def write_figure(path: Path, rows: list[DosePoint]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def log_steps(ax) -> None:  # the phases' own step counts as the ticks, no crowded minor labels
+        steps = sorted({r.perm_steps for r in rows if math.isfinite(r.perm_steps)})
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(steps, [f"{s:.0f}" for s in steps])
+
     gates = sorted({r.gate for r in rows})
     has_nmi = any(math.isfinite(r.nmi_on) for r in rows)
     n_rows = 3 if has_nmi else 2
@@ -164,14 +170,14 @@ def write_figure(path: Path, rows: list[DosePoint]) -> None:
             err = [[r.mean - r.mean_low for r in pts], [r.mean_high - r.mean for r in pts]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colour, label=comparison)
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
+        log_steps(ax)
         ax.set_title(f"{GATE_LABELS.get(gate, gate)}: paired difference")
         ax.set_ylabel(f"{mine[0].metric} (arm − base), mean, 90% CI" if mine else "")
         ax.legend(fontsize=8)
         on_off = [r for r in mine if r.comparison == "on - off"]
         ax = axes[1][col]
         ax.plot([r.perm_steps for r in on_off], [r.perm_shift for r in on_off], marker="o", label="perm_shift")
-        ax.set_xscale("log")
+        log_steps(ax)
         ax.set_ylabel("max |L - L0| / spread of L0")
         ax2 = ax.twinx()
         ax2.plot(
@@ -193,7 +199,7 @@ def write_figure(path: Path, rows: list[DosePoint]) -> None:
                     color=colour,
                     label=arm,
                 )
-            ax.set_xscale("log")
+            log_steps(ax)
             ax.set_ylabel("routing NMI (median)")
             ax.set_title("recovery of the teacher's routing")
             ax.legend(fontsize=8)
