@@ -18,6 +18,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from moetune import contract
 from moetune.report import budget
@@ -76,7 +77,7 @@ def points(sweep: Sweep, metric: str, *, selection: str = "best_val_loss", resam
         if "on" not in arms:
             continue
         on = arms["on"]
-        shared = dict(
+        shared: dict[str, Any] = dict(
             sweep=sweep.name,
             gate=gate,
             dataset=dataset,
@@ -126,9 +127,8 @@ def points(sweep: Sweep, metric: str, *, selection: str = "best_val_loss", resam
 
 def _factor(r: budget.Reduction | None) -> float:
     """The factor, or a censored factor's lower bound (reduction_censored says which); NaN without one."""
-    if r is None or r.n_on is None:
-        return math.nan
-    return float(r.factor if r.factor is not None else r.lower_bound)
+    value = None if r is None else (r.factor if r.factor is not None else r.lower_bound)
+    return math.nan if value is None else float(value)
 
 
 def write_csv(path: Path, rows: list[DosePoint]) -> None:
