@@ -336,6 +336,13 @@ def test_the_answer_names_a_curve_that_is_not_monotone_and_gives_the_paired_diff
         "; paired on − off test_loss: mean -0.02 [90% interval -0.03, -0.01], local search better in 3/4 pairs"
     )
     assert answer.worse_after(_curve(FALLING), higher=False) is None
+    learned = paired.PairedDiff(
+        ("topk", "synthetic", "equal", "random"), "on", "frozen", "test_loss", [("0", n) for n in range(4)],
+        np.array([0.01, -0.02, 0.0, 0.01]), 0, 0, 0.0, -0.01, 0.01, 0.005, -0.02, 0.01, 0.5, 0.9, 0.9,
+    )  # fmt: skip
+    text, (line,) = _answer(_reduction(3.2, 1.4, 8.0), off_curve=bumpy, pairs=[pair, learned])
+    assert "; learning the permutation (on − frozen): 0 [90% interval -0.01, 0.01] (no detectable difference)" in text
+    assert line.endswith("; on − frozen: 0 [90% interval -0.01, 0.01] (no detectable difference)")
 
 
 def test_the_headline_target_stays_out_of_the_flat_tail():

@@ -105,6 +105,13 @@ def gate_answer(
     target = f"{metric} {r.q:.4g}, what {r.at} trial{'s' if r.at != 1 else ''} reach with local search"
     note = _monotone_note(curves, key, higher_is_better(metric))
     pair, pair_line = _paired_text(find(paired, (gate, dataset, weights, sampler), arm, "off", metric), metric)
+    learned = find(paired, (gate, dataset, weights, sampler), "on", "frozen", metric)
+    if arm == "on" and learned is not None:  # the matched control says whether learning the permutation is why
+        text = learned.interval_text() + (
+            " (no detectable difference)" if learned.mean_low <= 0 <= learned.mean_high else ""
+        )
+        pair += f"; learning the permutation (on − frozen): {text}"
+        pair_line += f"; on − frozen: {text}"
     kind = verdict(r)
     if kind == "n/a":
         clause = f"has no budget reduction ({r})"
