@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating measurements of each (default 2)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs per measurement (default 2)")
     parser.add_argument("--concurrent", type=int, default=1, help="workers at once, like sweep slots (default 1)")
+    parser.add_argument("--gates", default="topk,hash", help="gates to measure (default %(default)s)")
+    parser.add_argument("--arms", default="off,on", help="local-search arms to measure (default %(default)s)")
     parser.add_argument("--worker", nargs=3, metavar=("GATE", "ARM", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -124,8 +126,8 @@ def main() -> None:
     print(f"movielens_cpu trial, 1 thread per worker, {args.concurrent} worker(s) at once, {args.repeats} alternating")
     print(f"repeats; baseline {args.baseline} vs this tree; samples/s = training steps only (median over runs)\n")
     print(f"{'gate':6} {'arm':4} {'baseline/s':>11} {'current/s':>10} {'ratio':>6}  {'step GFLOP/s':>12} {'matmul':>7}")
-    for gate in ("topk", "hash"):
-        for arm in ("off", "on"):
+    for gate in args.gates.split(","):
+        for arm in args.arms.split(","):
             runs: dict[str, list[dict]] = {"baseline": [], "current": []}
             for _ in range(args.repeats):
                 for name, src in sources.items():
