@@ -213,7 +213,8 @@ def test_reduction_factor_from_trials_with_interval():
     # off never better than 3.0: censored at N_off = 4
     worse = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[3.0, 3.0, 4.0, 5.0])
     rc = B.reduction_factor(on, worse, resamples=50)
-    assert rc.censored and str(rc) == "> 4x (censored)"
+    # a censored factor is a claim too: it carries its bootstrap interval (here every resample is censored)
+    assert rc.censored and str(rc) == "> 4x (censored) [90% interval ∞, ∞]"
 
 
 def test_running_best_constructed():
@@ -291,7 +292,7 @@ def test_reduction_factors_censored_and_curves():
     t_off = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[3.0, 3.0, 4.0, 5.0])
     reds = B.reduction_factors(t_on, t_off, resamples=50)
     assert [r.at for r in reds] == [1, 2, 5] and all(r.censored and r.n_off is None for r in reds)
-    assert [str(r) for r in reds] == [f"> {4 / r.n_on:.3g}x (censored)" for r in reds]
+    assert [str(r) for r in reds] == [f"> {4 / r.n_on:.3g}x (censored) [90% interval ∞, ∞]" for r in reds]
 
 
 def test_reduction_factors_resample_once_for_all_targets(monkeypatch):
