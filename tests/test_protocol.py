@@ -49,11 +49,13 @@ PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("gate", ["topk", "comet"])
-@pytest.mark.parametrize("local_search", ["on", "off", "warmup"])
+@pytest.mark.parametrize("local_search", ["on", "off", "frozen", "warmup"])
 def test_every_preset_composes_and_validates(preset, gate, local_search):
     space = load_study(composed(f"experiment={preset}", f"gate={gate}", f"local_search={local_search}")).space
     assert space["train.lr"]
-    assert ("local_search.e_perm" in space or "local_search.e_perm_fraction" in space) == (local_search != "off")
+    # a dose-response preset fixes the phase length per sweep (its study setting); the others search it
+    searched = local_search != "off" and not preset.startswith("dose_")
+    assert ("local_search.e_perm" in space or "local_search.e_perm_fraction" in space) == searched
     assert "train.task_weights" not in space
 
 
