@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.core.config_loader import ConfigLoader
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides
@@ -31,22 +30,6 @@ class MoetuneLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="moetune", node=MoetuneLauncherConf, provider="moetune")
 
 
-def _compose_each_job_once(loader: ConfigLoader) -> None:
-    """Hydra's sweeper composes each job's config to check it, then the launcher composes it again from the
-    same overrides (a tenth of a second or more per study): the launcher takes the one the sweeper checked."""
-    compose = loader.load_sweep_config
-    checked: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
-
-    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        key = (id(master_config), tuple(sweep_overrides))
-        if key in checked:
-            return checked.pop(key)
-        checked[key] = compose(master_config, sweep_overrides)
-        return checked[key]
-
-    loader.load_sweep_config = load_sweep_config  # type: ignore[method-assign]
-
-
 class MoetuneLauncher(Launcher):
     def __init__(self) -> None:
         self.config: DictConfig | None = None
@@ -54,7 +37,6 @@ class MoetuneLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
-        _compose_each_job_once(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from moetune.cli.sweep import run_sweep_or_exit
