@@ -88,9 +88,6 @@ class ExportOnMultirunEnd(HydraCallback):
     answer; when the export cannot run, say why and how to run it, and exit non-zero."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from moetune.tuning.ray_runtime import stop_ray
-
-        stop_ray()  # the trials are done: Ray stops while the export runs
         if not config.sweep.export:
             return
         from hydra.utils import instantiate

@@ -22,6 +22,8 @@ import optuna
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from ray import tune
+from ray.tune.search import Searcher
 
 from moetune.config import StudyConfig, check_tasks, trial_seed, weights_label
 from moetune.contract import WEIGHTS_ERROR, EpochReport, FinalReport, Outcome, outcome_of, parse_report
@@ -31,12 +33,14 @@ from moetune.moe import MMoE
 from moetune.moe.upcycle import check_checkpoint
 from moetune.tracking import StudyRecord, Tracking
 from moetune.tracking import tags as T
+from moetune.tuning.callback import RecordingCallback, SweepSearcher, live
 from moetune.tuning.hydra_config import load_study
 from moetune.tuning.progress import StudyProgress, SweepProgress
-from moetune.tuning.ray_runtime import RayThread, check_fits, check_ray_address, local_resources
+from moetune.tuning.ray_runtime import check_fits, check_ray_address, local_resources, start_ray
 from moetune.tuning.search_space import Space
 from moetune.tuning.searcher import StudySampler, build_sampler
 from moetune.tuning.signals import StopSignals
+from moetune.tuning.trial import NUMBER, STUDY, run_trial
 from moetune.tuning.weights import WeightsInbox, take_weights, weights_key
 
 # settings of the sweep as a whole: every study of a multirun must agree on them
@@ -222,10 +226,6 @@ class Driver:
         self.progress = SweepProgress([s.progress for s in studies])
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
-        from ray.tune.search import Searcher  # both loaded by _fit before Tune runs
-
-        from moetune.tuning.trial import NUMBER, STUDY
-
         waiting = [s for s in self.studies.values() if s.todo]
         if not waiting:
             return Searcher.FINISHED
@@ -299,7 +299,6 @@ def run_sweep(plans: list[PlannedStudy], sweep_dir: Path) -> list[dict[str, Any]
     else:
         check_fits(first.tuner, local_resources())
     studies: list[LiveStudy] = []
-    ray_thread = RayThread.start(first.tuner)  # everything is checked: Ray comes up while the records open
     with StopSignals() as signals, tracking.lock_sweep():
         try:
             for plan in plans:
@@ -310,7 +309,7 @@ def run_sweep(plans: list[PlannedStudy], sweep_dir: Path) -> list[dict[str, Any]
                 record = tracking.open_study(plan.key, tags, space, plan.config_yaml)
                 studies.append(LiveStudy(plan, record))
             if any(s.todo for s in studies):
-                _fit(studies, first, sweep_dir, signals, ray_thread)
+                _fit(studies, first, sweep_dir, signals)
         except KeyboardInterrupt:
             pass  # a second Ctrl-C, or a signal outside the fit: the records are closed all the same
         finally:
@@ -323,18 +322,9 @@ def run_sweep(plans: list[PlannedStudy], sweep_dir: Path) -> list[dict[str, Any]
     return [{"study": s.plan.key, **s.summary()} for s in studies]
 
 
-def _fit(
-    studies: list[LiveStudy], first: StudyConfig, sweep_dir: Path, signals: StopSignals, ray_thread: RayThread
-) -> None:
-    # Tune and the trial's modules (a second or two of imports) load while Ray starts in its thread
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    from moetune.tuning.callback import RecordingCallback, SweepSearcher, live
-    from moetune.tuning.trial import run_trial
-
+def _fit(studies: list[LiveStudy], first: StudyConfig, sweep_dir: Path, signals: StopSignals) -> None:
     tuner_cfg = first.tuner
-    ray_thread.wait(tuner_cfg)
+    start_ray(tuner_cfg)
     signals.install()
     total = sum(s.config.tuner.n_trials for s in studies)
     todo = sum(len(s.todo) for s in studies)
@@ -360,14 +350,11 @@ def _fit(
     tune_config = tune.TuneConfig(
         search_alg=SweepSearcher(name), num_samples=-1, reuse_actors=True, max_concurrent_trials=tuner_cfg.concurrency
     )
-    # Tune's TensorBoard logger costs the driver milliseconds per epoch report, while the trial waits for the
-    # driver: Tune adds no loggers, the trial folders keep their JSON and CSV logs (MLflow holds the metrics)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # a fresh Tune run per driver: the ledger is the tracking store, never Tune's saved state
     run_config = tune.RunConfig(
         name=f"driver-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
         storage_path=str((sweep_dir / "ray").resolve()),
-        callbacks=[RecordingCallback(name), JsonLoggerCallback(), CSVLoggerCallback()],
+        callbacks=[RecordingCallback(name)],
         verbose=0,
     )
     try:
