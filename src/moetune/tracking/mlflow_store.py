@@ -17,8 +17,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,12 +133,13 @@ class MlflowTracking(Tracking):
             if writable:
                 _check_sqlite_writable(uri, db)
         elif parsed.scheme in ("http", "https"):
-            try:
-                urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
-            except (urllib.error.URLError, OSError) as exc:
-                raise ConfigError(
-                    f"tracking.uri {uri!r} is unreachable ({exc}); start the MLflow server or set tracking.uri"
-                ) from None
+            from moetune.tracking import mlflow_access  # reachable, a login it accepts, and for a sweep a writer
+
+            mlflow_access.check_server(uri, self.experiment, writable)
+        elif parsed.scheme.split("+")[0] in ("postgresql", "mysql", "mssql", "oracle"):
+            from moetune.tracking import mlflow_access
+
+            mlflow_access.check_database(uri)
         elif parsed.scheme in ("", "file"):
             raise ConfigError(
                 f"tracking.uri {uri!r}: use a database store such as sqlite:///mlruns/mlflow.db "
