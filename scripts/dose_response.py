@@ -71,11 +71,10 @@ def main() -> int:
     from moetune.report.sweep import read_sweep
     from moetune.tracking.mlflow_store import MlflowTracking
 
-    tracking = MlflowTracking(args.tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for e_perm, sweep in sweeps:
-        rows += points(read_sweep(tracking, sweep), args.metric)
+        rows += points(read_sweep(MlflowTracking(args.tracking_uri, experiment=sweep)), args.metric)
         shutil.copyfile(Path("sweeps") / sweep / "export" / "trials.csv", out / f"trials_e{e_perm}.csv")
     write_csv(out / "points.csv", rows)
     write_figure(out / "dose_response.png", rows)

@@ -22,7 +22,7 @@ PACKAGE = REPO / "src" / "moetune"
 ALLOWED = {
     "errors": set(),
     "contract": set(),
-    "config": {"errors"},
+    "config": {"errors", "contract"},
     "data": {"errors", "contract"},
     "moe": {"errors", "config", "data"},
     "training": {"errors", "config", "contract", "data", "moe"},

@@ -15,6 +15,7 @@ from moetune.cli.main import main as moetune_main
 from moetune.errors import ConfigError
 from moetune.report import analysis, budget, export, figures, sweep, tables
 from moetune.report import answer as answer_module
+from moetune.report.sweep import Group
 from moetune.tracking import tags
 from moetune.tracking.mlflow_store import MlflowTracking
 
@@ -142,7 +143,7 @@ def _read_csv(path):
 def exported(store, tmp_path_factory):
     uri, _, _ = store
     out = tmp_path_factory.mktemp("out") / "export"
-    result = export.export_sweep(uri, SWEEP, out, resamples=RESAMPLES, seed=0)
+    result = export.export_sweep(MlflowTracking(uri, experiment=SWEEP), out, resamples=RESAMPLES, seed=0)
     return result.files, out
 
 
@@ -336,7 +337,7 @@ def test_reductions_csv_matches_budget_module(exported, store):
 
 def test_compute_axis_of_interactive_figure(exported, store):
     uri, _, _ = store
-    studies = sweep.read_sweep(MlflowTracking(uri), SWEEP, selection="best_val_loss").studies
+    studies = sweep.read_sweep(MlflowTracking(uri, experiment=SWEEP), selection="best_val_loss").studies
     results = analysis.group_curves(studies, ["test_loss"], "best_val_loss", 0, 0, 0.9)
     fig = figures.render_plotly(figures.describe(results, "test_loss", 0.9, x="compute"))
     lines = {t.name: t for t in fig.data if t.name}
@@ -362,7 +363,12 @@ def test_artifacts_logged_on_export_run(exported, store):
 def test_metric_and_filter(store, tmp_path):
     uri, _, _ = store
     files = export.export_sweep(
-        uri, SWEEP, tmp_path / "o", metric="test_watch_auc", filters=["gate=topk"], resamples=20, log_to_mlflow=False
+        MlflowTracking(uri, experiment=SWEEP),
+        tmp_path / "o",
+        metric="test_watch_auc",
+        filters=["gate=topk"],
+        resamples=20,
+        log_export=False,
     ).files
     rows = _read_csv(files["curves.csv"])
     assert {r["metric"] for r in rows} == {"test_watch_auc"} and {r["gate"] for r in rows} == {"topk"}
@@ -383,7 +389,7 @@ def test_bad_input_writes_nothing(store, tmp_path, kwargs, experiment, message):
     uri, _, _ = store
     out = tmp_path / "sweeps" / "x" / "export"
     with pytest.raises(ConfigError) as e:
-        export.export_sweep(uri, experiment, out, resamples=10, **kwargs)
+        export.export_sweep(MlflowTracking(uri, experiment=experiment), out, resamples=10, **kwargs)
     assert message in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "sweeps").exists()
 
@@ -391,7 +397,7 @@ def test_bad_input_writes_nothing(store, tmp_path, kwargs, experiment, message):
 def test_missing_store_is_not_created(tmp_path):
     db = tmp_path / "none.db"
     with pytest.raises(ConfigError, match="no MLflow store"):
-        export.export_sweep(f"sqlite:///{db}", SWEEP, tmp_path / "o")
+        export.export_sweep(MlflowTracking(f"sqlite:///{db}", experiment=SWEEP), tmp_path / "o")
     assert not db.exists() and not (tmp_path / "o").exists()
 
 
@@ -548,7 +554,9 @@ def test_top_trials_are_the_best_five_percent_by_validation(exported, store):
     rng = np.random.default_rng(3)
     val, test = rng.uniform(size=41), rng.uniform(size=41)
     trials = budget.Trials(np.append(val, np.nan), np.append(test, np.nan))  # plus one failed trial
-    result = analysis.GroupCurve(("topk", "on", "synthetic", "equal", "random"), "test_loss", [], None, trials, 0.0)
+    result = analysis.GroupCurve(
+        Group("topk", "on", "synthetic", "equal", "random"), "test_loss", [], None, trials, 0.0
+    )
     (top,) = analysis.top_trials([result], val_up=False)
     best3 = test[np.argsort(val)[:3]]
     assert (top.n_finished, top.n_top) == (41, 3)
@@ -560,7 +568,9 @@ def test_a_new_export_replaces_the_previous_export_run(store, tmp_path):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(SWEEP)
     for out in ("first", "second"):
-        files = export.export_sweep(uri, SWEEP, tmp_path / out, metric="test_loss", resamples=10).files
+        files = export.export_sweep(
+            MlflowTracking(uri, experiment=SWEEP), tmp_path / out, metric="test_loss", resamples=10
+        ).files
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tags.ROLE}` = 'export'")
     assert len(runs) == 1
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == set(files)
@@ -571,7 +581,7 @@ def test_unwritable_output_folder_is_one_line(store, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"cannot write the export to .*; pass --out <writable folder>"):
-        export.export_sweep(uri, SWEEP, blocker / "export", resamples=10)
+        export.export_sweep(MlflowTracking(uri, experiment=SWEEP), blocker / "export", resamples=10)
 
 
 def _curve_of(gate, ls, sampler, setting, seed):
@@ -582,7 +592,7 @@ def _curve_of(gate, ls, sampler, setting, seed):
         curve, trials = budget.budget_curve(t.val, t.test, seconds=t.seconds, resamples=20), t
     else:
         curve, trials = budget.running_best_curve([t]), [t]
-    return analysis.GroupCurve((gate, ls, setting[0], setting[1], sampler), "test_loss", [], curve, trials, 0.0)
+    return analysis.GroupCurve(Group(gate, ls, setting[0], setting[1], sampler), "test_loss", [], curve, trials, 0.0)
 
 
 def test_one_figure_description_drives_both_renderers(tmp_path):
@@ -682,7 +692,7 @@ def test_print_answer_names_the_folder_the_answer_and_where_to_browse(tmp_path, 
         [],
         "test_loss",
         "7",
-        MlflowTracking("sqlite:///mlruns/mlflow.db").browse_hint("7"),
+        MlflowTracking("sqlite:///mlruns/mlflow.db", experiment="x").browse_hint("7"),
     )
     export.print_answer(done)
     out = capsys.readouterr().out.splitlines()
@@ -693,7 +703,7 @@ def test_print_answer_names_the_folder_the_answer_and_where_to_browse(tmp_path, 
         "then open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
     )
     done.lines = ["Top-k (synthetic): budget reduction 2x"]
-    done.browse_hint = MlflowTracking("http://mlflow:5000/").browse_hint("7")
+    done.browse_hint = MlflowTracking("http://mlflow:5000/", experiment="x").browse_hint("7")
     export.print_answer(done)
     out = capsys.readouterr().out.splitlines()
     assert out[1:] == [

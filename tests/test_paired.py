@@ -12,6 +12,7 @@ from moetune import contract
 from moetune.contract import FinalReport, Outcome
 from moetune.report import answer, budget, export, importance, paired, sweep
 from moetune.tracking import tags
+from moetune.tracking.base import RecordedStudy, RecordedTrial
 from moetune.tracking.mlflow_store import MlflowTracking
 
 SWEEP = "paired-sweep"
@@ -82,13 +83,13 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def studies(store):
     uri, _ = store
-    return sweep.read_sweep(MlflowTracking(uri), SWEEP).studies
+    return sweep.read_sweep(MlflowTracking(uri, experiment=SWEEP)).studies
 
 
 @pytest.fixture(scope="module")
 def exported(store):
     uri, root = store
-    return export.export_sweep(uri, SWEEP, root / "export", resamples=300, seed=0)
+    return export.export_sweep(MlflowTracking(uri, experiment=SWEEP), root / "export", resamples=300, seed=0)
 
 
 def _rows(path):
@@ -248,7 +249,7 @@ def test_importance_runs_on_a_small_study_and_gives_a_row_per_parameter(studies,
 
 def test_importance_skips_a_study_with_few_trials(studies):
     on = next(s for s in studies if s.tags[tags.LOCAL_SEARCH] == "on")
-    small = sweep.Study(on.key, on.tags, on.trials[:3], on.space)
+    small = RecordedStudy(on.key, on.tags, on.trials[:3], on.space)
     assert importance.study_importance(small, "best_val_loss").skipped == "3 finished trial(s), fewer than 4"
 
 
@@ -287,12 +288,12 @@ def _curve(values):
     return budget.Curve(n, values, values, values, n * 1.0, np.zeros(values.size), budget.WITH_REPLACEMENT, n.size)
 
 
-KEY = ("test_loss", "synthetic", "equal", "topk", "random", "on")
+KEY = sweep.ReductionKey("test_loss", "synthetic", "equal", "topk", "random", "on")
 FALLING = np.linspace(1.3, 1.0, 24)  # a monotone curve (lower loss is better)
 
 
 def _answer(reduction, off_curve=FALLING, pairs=()):
-    curves = {KEY: _curve(FALLING), KEY[:5] + ("off",): _curve(off_curve)}
+    curves = {KEY: _curve(FALLING), KEY._replace(arm="off"): _curve(off_curve)}
     return answer.headline_answer({KEY: [reduction]}, curves, list(pairs), "test_loss")
 
 
@@ -356,10 +357,10 @@ def test_a_pair_whose_trials_were_not_sampled_alike_is_counted(studies):
     group = ("topk", "synthetic", "equal", "random")
     p = paired.compare(group, "on", [on], "off", [off], "test_loss", resamples=10, seed=0, level=0.9)
     assert (p.n, p.n_mismatched) == (N, 0)
-    drifted = [sweep.Trial(t.index, t.finished, t.metrics, t.status, dict(t.params)) for t in off.trials]
+    drifted = [RecordedTrial(t.index, t.status, t.metrics, dict(t.params), finished=t.finished) for t in off.trials]
     drifted[2].params["train.lr"] = "0.5"
     drifted[4].params["train.seed"] = "7"
-    other = sweep.Study(off.key, off.tags, drifted, off.space)
+    other = RecordedStudy(off.key, off.tags, drifted, off.space)
     p = paired.compare(group, "on", [on], "off", [other], "test_loss", resamples=10, seed=0, level=0.9)
     assert (p.n, p.n_mismatched) == (N, 2)
 
@@ -368,7 +369,7 @@ def test_dose_response_points_give_the_known_paired_differences_and_phase_median
     from moetune.report import dose_response
 
     uri, _ = store
-    read = sweep.read_sweep(MlflowTracking(uri), SWEEP)
+    read = sweep.read_sweep(MlflowTracking(uri, experiment=SWEEP))
     rows = {r.comparison: r for r in dose_response.points(read, "test_loss", resamples=200)}
     assert set(rows) == {"on - off", "on - frozen", "frozen - off"}
     on_off = rows["on - off"]
@@ -388,7 +389,7 @@ def test_dose_response_points_give_the_known_paired_differences_and_phase_median
 
 def test_the_paired_words_say_no_detectable_difference_when_the_interval_contains_zero(store):
     uri, _ = store
-    read = sweep.read_sweep(MlflowTracking(uri), SWEEP)
+    read = sweep.read_sweep(MlflowTracking(uri, experiment=SWEEP))
     by_arm = {s.tags[tags.LOCAL_SEARCH]: [s] for s in read.studies}
     group = ("topk", "synthetic", "equal", "random")
 

@@ -15,7 +15,9 @@ def _run_trials(record, numbers) -> None:
 
 
 def test_a_complete_study_reopened_by_a_resumed_sweep_keeps_its_end_time(tmp_path):
-    tracking = MlflowTracking(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"), "resumed")
+    tracking = MlflowTracking(
+        f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"), experiment="resumed"
+    )
     config = "tuner:\n  n_trials: 2\n"
     record = tracking.open_study("topk-ls_on", {}, {}, config)
     _run_trials(record, [0, 1])

@@ -19,7 +19,9 @@ from moetune.tuning.signals import StopSignals
 
 @pytest.fixture
 def tracking(tmp_path) -> MlflowTracking:
-    return MlflowTracking(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"), "locked")
+    return MlflowTracking(
+        f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"), experiment="locked"
+    )
 
 
 def _foreign_driver(tracking: MlflowTracking, heartbeat_age: float) -> str:

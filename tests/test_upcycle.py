@@ -204,7 +204,9 @@ def test_a_dense_model_with_two_expert_layers_computes_and_trains_like_its_spars
 
 
 def test_a_study_run_gives_its_best_trial_with_saved_weights_and_failures_are_recorded(tmp_path):
-    tracking = MlflowTracking(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"), "dense")
+    tracking = MlflowTracking(
+        f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"), experiment="dense"
+    )
     record = tracking.open_study("softmax-dense", {}, {}, "tuner:\n  metric: val_loss\n  mode: min\n")
     losses = {0: 0.5, 1: 0.3, 2: 0.1, 3: 0.4}  # trial 2 is best but its weights were not saved
     for number, loss in losses.items():
@@ -248,7 +250,7 @@ def test_the_driver_records_why_a_trials_weights_were_not_saved(monkeypatch):
         (False, {}, "RayActorError: the inbox died", "RayActorError: the inbox died"),
     ]:
         study = type("Study", (), {"plan": type("Plan", (), {"key": "s"}), "record": _Record(fails)})()
-        study.progress = StudyProgress("s", 1, "val_loss", 0, 0, None, 0)
+        study.progress = StudyProgress(key="s", total=1, metric="val_loss")
         driver = Driver([study], inbox=_Inbox(held))
         messages = []
         monkeypatch.setattr(driver.progress, "message", messages.append)

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from moetune.contract import HIGHER_IS_BETTER, best_metric, higher_is_better
 from moetune.errors import ConfigError
 
 
@@ -152,27 +153,29 @@ class TunerConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractional values share a GPU between trials
     ray_address: str | None = None  # null: start Ray here; or "auto" / "ray://host:10001" for a cluster
-    metric: str = "val_loss"
-    mode: str = "min"
+    metric: str = "val_loss"  # per-epoch validation metric; a trial is selected by its value at the best epoch
 
     def __post_init__(self) -> None:
         _require(self.n_trials >= 1, f"tuner.n_trials must be at least 1 (got {self.n_trials})")
         _require(self.concurrency >= 1, f"tuner.concurrency must be at least 1 (got {self.concurrency})")
-        _one_of("tuner.mode", self.mode, ("min", "max"))
+        _require(
+            self.metric.startswith("val_") and self.metric.rsplit("_", 1)[-1] in HIGHER_IS_BETTER,
+            f"tuner.metric must be val_loss or val_<task>_<{'|'.join(sorted(HIGHER_IS_BETTER))}> (got {self.metric!r})",
+        )
         _require(
             self.cpus_per_trial > 0 and self.gpus_per_trial >= 0,
             "tuner.cpus_per_trial must be > 0 and tuner.gpus_per_trial >= 0",
         )
 
+    @property
+    def selection(self) -> str:
+        """The final metric that ranks a study's trials: the tuner's metric at the best epoch."""
+        return best_metric(self.metric)
 
-@dataclass
-class TrackingConfig:
-    """Where studies and trials are recorded: ``_target_`` names the backend (moetune.tracking)."""
-
-    _target_: str = "moetune.tracking.mlflow_store.MlflowTracking"
-    uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_root: str = "mlruns/artifacts"
-    experiment: str = "moetune"
+    @property
+    def mode(self) -> str:
+        """ "min" or "max", from the metric's kind (contract.TASK_KINDS): never set apart from it."""
+        return "max" if higher_is_better(self.metric) else "min"
 
 
 def weights_label(task_weights: list[float] | None) -> str:
@@ -218,7 +221,9 @@ class StudyConfig:
     search_space: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=lambda: {"_target_": "optuna.samplers.RandomSampler", "seed": 0})
     tuner: TunerConfig = field(default_factory=TunerConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # a free ``_target_`` node: the backend's class and its own keys (conf/tracking/<name>.yaml); built with
+    # ``experiment`` = the sweep's name, the one key every backend takes (moetune.tracking.Tracking)
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     @property
     def study_key(self) -> str:

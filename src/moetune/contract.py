@@ -7,8 +7,9 @@ A trial reports to Ray Tune, in this order:
   ``best_epoch``, wall and CPU seconds, ``active_experts_mean`` (and ``routing_nmi`` where the data
   knows its true routing), plus diagnostics as plain data (the permutation, per-expert loads, ...).
 
-Each report is one Tune result: ``{"report": "epoch" | "final", "metrics": {...}, ...}`` with the
-tuner's selection metric copied to the top level, where Tune's searcher reads it.
+Each report is one Tune result: ``{"report": "epoch" | "final", "metrics": {...}, ...}``, with the
+tuner's selection metric also at the top level, where Tune's own logs (progress.csv, result.json) show it;
+the driver reads the report back with ``parse_report``.
 
 From what Tune saw, the driver decides one ``Outcome`` per trial: FINISHED (its final report came),
 FAILED (it raised; the error's message is kept) or STOPPED (it ended without a final report: an
@@ -52,8 +53,6 @@ HIGHER_IS_BETTER["loss"] = False
 TRAIN_LOSS = "train_loss"  # per epoch: task-weighted training loss
 VAL_LOSS = "val_loss"  # per epoch: task-weighted validation loss, what selects a trial
 BEST_EPOCH = "best_epoch"
-NODE = "node"  # diagnostics: the Ray node a trial ran on
-WEIGHTS_ERROR = "weights_error"  # diagnostics: why a finished trial's weights were not saved (train.save_weights)
 WALL_SECONDS = "wall_seconds"
 CPU_SECONDS = "cpu_seconds"
 ACTIVE_EXPERTS = "active_experts_mean"
@@ -78,10 +77,38 @@ PERM_METRICS = (
     BEST_EPOCH_AFTER_PERM,
 )
 
+# ---------------------------------------------------------------- diagnostics
+
+# The final report's diagnostics: plain data the tracker keeps beside the metrics (MLflow: diagnostics.json,
+# and the tags moetune.tracking.tags names for the first four).
+INIT_DIGEST = "init_digest"  # fingerprint of the trial's initial weights: paired arms start from the same
+PERMUTATION = "permutation"  # the learned permutation of an arm with a permutation phase
+NODE = "node"  # the Ray node a trial ran on
+WEIGHTS_ERROR = "weights_error"  # why a finished trial's weights were not saved (train.save_weights)
+ACTIVE_EXPERTS_PER_TASK = "active_experts_per_task"
+EXPERT_LOAD_PER_TASK = "expert_load_per_task"
+PHASE = "phase"  # the permutation phase's metrics (PERM_METRICS), copied into the final metrics
+DIAGNOSTICS = (
+    INIT_DIGEST,
+    PERMUTATION,
+    NODE,
+    WEIGHTS_ERROR,
+    ACTIVE_EXPERTS,
+    ACTIVE_EXPERTS_PER_TASK,
+    EXPERT_LOAD_PER_TASK,
+    PHASE,
+    ROUTING_NMI,
+)
+
 
 def task_metric_name(split: str, task: str, metric: str) -> str:
     """e.g. ("test", "watch", "auc") -> "test_watch_auc"; split in val|test|best_val."""
     return f"{split}_{task}_{metric}"
+
+
+def best_metric(metric: str) -> str:
+    """The final report's name for a per-epoch metric at the best epoch: val_loss -> best_val_loss."""
+    return "best_" + metric
 
 
 def higher_is_better(metric_name: str) -> bool:
@@ -118,7 +145,7 @@ class FinalReport:
             REPORT: FINAL,
             "metrics": dict(self.metrics),
             "diagnostics": self.diagnostics,
-            selection: self.metrics["best_" + selection],
+            selection: self.metrics[best_metric(selection)],
         }
 
 

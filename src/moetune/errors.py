@@ -27,3 +27,12 @@ class TrainingDivergedError(MoetuneError, RuntimeError):
 
 class SweepLockedError(MoetuneError):
     """Another live driver holds the sweep; the message names its process."""
+
+
+def first_line(exc: BaseException, with_type: bool = False) -> str:
+    """An exception's message as one line for an ``error:`` line or a record: its first non-empty line
+    (``with_type``: after its type's name), or its type's name when it has no message."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0].strip()}" if with_type else lines[0].strip()

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
-import moetune.tuning.hydra_config  # noqa: F401  (registers the config schema, ${study_key:...} and the launcher)
+import moetune.tuning.hydra_config  # noqa: F401  (registers the config schema and ${study_key:...}; Hydra finds the launcher in hydra_plugins)
 from moetune.errors import MoetuneError
 
 
@@ -29,7 +29,8 @@ def resume_command(sweep_name: str) -> str:
 def run_sweep_or_exit(job_configs: list[DictConfig], sweep_dir: Path) -> list[dict[str, Any]]:
     """Plan every study, then run them in one driver. Bad input exits 2 with one ``error:`` line before
     anything starts; a signal or an interrupt exits 130 (143 for SIGTERM) with the command to resume."""
-    from moetune.tuning.driver import SweepInterrupted, plan_study, run_sweep
+    from moetune.tuning.driver import SweepInterrupted, run_sweep
+    from moetune.tuning.planning import plan_study
 
     try:
         datasets: dict = {}
@@ -90,24 +91,26 @@ class ExportOnMultirunEnd(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if not config.sweep.export:
             return
-        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
 
         from moetune.report import export_sweep, print_answer
+        from moetune.tracking import build_tracking
         from moetune.tuning.signals import StopSignals
 
         out = Path(config.hydra.sweep.dir) / "export"
-        experiment, uri = config.tracking.experiment, config.tracking.uri
+        tracking = build_tracking(OmegaConf.to_container(config.tracking, resolve=True))  # the sweep's own: it ran
         signals = StopSignals()
         try:
             with signals:
-                print_answer(export_sweep(instantiate(config.tracking), experiment, out))
+                print_answer(export_sweep(tracking, out))
         except KeyboardInterrupt:  # the export writes into a temp folder: nothing half-written is left
             print(f"interrupted: the export stopped; resume with: {resume_command(config.sweep.name)}", file=sys.stderr)
             sys.exit(signals.exit_code)
         except MoetuneError as exc:
             print(
-                f"error: export failed: {exc}\n  once fixed: moetune export --experiment {experiment} "
-                f"--tracking-uri {uri} --out {out}",
+                f"error: export failed: {exc}\n  once fixed: "
+                + shlex.join(["moetune", "export", "--experiment", tracking.experiment, *tracking.export_args()])
+                + f" --out {shlex.quote(str(out))}",
                 file=sys.stderr,
             )
             sys.exit(1)

@@ -25,13 +25,11 @@ from moetune.report.labels import ARMS as ARMS
 from moetune.report.labels import GATE_LABELS as GATE_LABELS
 from moetune.report.labels import setting_text as setting_text
 from moetune.report.paired import PairedDiff, paired_differences
-from moetune.report.sweep import Group, Study
+from moetune.report.sweep import Group, ReductionKey, group_of
 from moetune.tracking import tags
+from moetune.tracking.base import RecordedStudy
 
 TOP_FRACTION = 0.05  # the paper's reporting (supplement S1.3): top 5% of trials by validation loss
-
-# (metric, dataset, task_weights, gate, sampler, arm) of one arm's reductions over "off"
-ReductionKey = tuple[str, str, str, str, str, str]
 
 
 @dataclass
@@ -40,30 +38,34 @@ class GroupCurve:
 
     group: Group
     metric: str
-    studies: list[Study]
+    studies: list[RecordedStudy]
     curve: budget.Curve
     trials: budget.Trials | list[budget.Trials]  # pooled (random search) or one per seed (adaptive)
     best: float  # the test score of the trial the whole study selects (mean over seeds for running best)
 
     @property
     def gate(self) -> str:
-        return self.group[0]
+        return self.group.gate
 
     @property
     def local_search(self) -> str:
-        return self.group[1]
+        return self.group.local_search
 
     @property
     def dataset(self) -> str:
-        return self.group[2]
+        return self.group.dataset
 
     @property
     def task_weights(self) -> str:
-        return self.group[3]
+        return self.group.task_weights
 
     @property
     def sampler(self) -> str:
-        return self.group[4]
+        return self.group.sampler
+
+    @property
+    def key(self) -> ReductionKey:
+        return ReductionKey(self.metric, self.dataset, self.task_weights, self.gate, self.sampler, self.local_search)
 
     @property
     def setting(self) -> tuple[str, str]:
@@ -111,7 +113,7 @@ class Analysis:
 
 
 def analyse(
-    studies: list[Study], metrics: list[str], *, selection: str, resamples: int, seed: int, level: float
+    studies: list[RecordedStudy], metrics: list[str], *, selection: str, resamples: int, seed: int, level: float
 ) -> Analysis:
     val_up = higher_is_better(selection)
     curves = group_curves(studies, metrics, selection, resamples, seed, level)
@@ -119,7 +121,7 @@ def analyse(
     headline = headline_metric(studies, metrics)
     first = [headline] + [m for m in metrics if m != headline]  # the answer's metric leads the paired view
     paired = paired_differences(studies, first, resamples=resamples, seed=seed, level=level)
-    by_key = {(r.metric, r.dataset, r.task_weights, r.gate, r.sampler, r.local_search): r.curve for r in curves}
+    by_key = {r.key: r.curve for r in curves}
     text, lines = answer.headline_answer(reductions, by_key, paired, headline)
     tops, costs = top_trials(curves, val_up), gate_costs(curves)
     return Analysis(
@@ -130,7 +132,8 @@ def analyse(
 # ---------------------------------------------------------------- curves
 
 
-def _trials_of(study: Study, selection: str, metric: str) -> budget.Trials:
+def trials_of(study: RecordedStudy, selection: str, metric: str) -> budget.Trials:
+    """A study's trials as the estimators take them: selection and test values, failures, seconds (in order)."""
     nan = math.nan
     ok = [t.finished and math.isfinite(t.metrics.get(metric, nan)) for t in study.trials]
     return budget.Trials(
@@ -152,22 +155,22 @@ def _pool(parts: list[budget.Trials]) -> budget.Trials:
 
 
 def group_curves(
-    studies: list[Study], metrics: list[str], selection: str, resamples: int, seed: int, level: float
+    studies: list[RecordedStudy], metrics: list[str], selection: str, resamples: int, seed: int, level: float
 ) -> list[GroupCurve]:
     """One curve per group and metric, groups in sorted order within each metric."""
     val_up = higher_is_better(selection)
-    groups: dict[Group, list[Study]] = {}
+    groups: dict[Group, list[RecordedStudy]] = {}
     for s in studies:
-        groups.setdefault(s.group, []).append(s)
+        groups.setdefault(group_of(s), []).append(s)
     results = []
     for metric in metrics:
         for group, members in sorted(groups.items()):
             members = [s for s in members if any(t.finished and metric in t.metrics for t in s.trials)]
             if not members:
                 continue  # e.g. a metric of another dataset's task
-            parts = [_trials_of(s, selection, metric) for s in members]
+            parts = [trials_of(s, selection, metric) for s in members]
             trials: budget.Trials | list[budget.Trials]
-            if group[4] == "random":
+            if group.sampler == "random":
                 trials = pooled = _pool(parts)
                 curve = budget.budget_curve(
                     pooled.val,
@@ -206,11 +209,12 @@ def arm_reductions(
     Each value is a list of budget.Reduction, one per target n in budget.REDUCTION_AT (<= N_arm)
     plus answer.HEADLINE_CANDIDATES.
     """
-    by = {(r.metric, r.dataset, r.task_weights, r.gate, r.sampler, r.local_search): r for r in results}
+    by = {r.key: r for r in results}
     ats = sorted(set(budget.REDUCTION_AT) | set(answer.HEADLINE_CANDIDATES))
     out = {}
-    for (metric, dataset, weights, gate, sampler, arm), res in by.items():
-        off = by.get((metric, dataset, weights, gate, sampler, "off"))
+    for key, res in by.items():
+        metric, sampler, arm = key.metric, key.sampler, key.arm
+        off = by.get(key._replace(arm="off"))
         if arm not in ARMS or off is None:
             continue
         up = higher_is_better(metric)
@@ -227,7 +231,7 @@ def arm_reductions(
             )
         else:
             red = budget.reduction_factors(res.curve, off.curve, at=ats, test_higher_is_better=up, level=level)
-        out[(metric, dataset, weights, gate, sampler, arm)] = red
+        out[key] = red
     return out
 
 
@@ -293,7 +297,7 @@ def estimator_text(curves: Iterable[GroupCurve], level: float) -> str:
 # ---------------------------------------------------------------- the answer
 
 
-def headline_metric(studies: list[Study], metrics: list[str]) -> str:
+def headline_metric(studies: list[RecordedStudy], metrics: list[str]) -> str:
     """The metric the answer is given in: the studies' headline tag (the test twin of the selection metric),
     else test_loss, as the README says."""
     for s in studies:

@@ -21,13 +21,12 @@ from moetune.contract import higher_is_better
 from moetune.report import budget
 from moetune.report.labels import ARM_LABELS, GATE_LABELS, setting_text
 from moetune.report.paired import PairedDiff, find
+from moetune.report.sweep import ReductionKey
 
 HEADLINE_CANDIDATES = (1, 2, 5)  # targets the headline may read the local-search curve at (all in REDUCTION_AT)
 TAIL_SHARE = 4  # ... never beyond N_arm / 4 trials
 NOT_MONOTONE = 0.01  # a curve is "not monotone" when it gets worse by more than 1% of its span
 
-# (metric, dataset, task_weights, gate, sampler, arm): the key of reductions and curves
-Key = tuple[str, str, str, str, str, str]
 
 HEADLINE_RULE = (
     "How the headline target is chosen: the quality the local-search curve reaches at n = 5 trials, or at "
@@ -72,10 +71,10 @@ def verdict(r: budget.Reduction) -> str:
     return "none" if r.low <= 1 <= r.high else "claim"
 
 
-def _monotone_note(curves: dict[Key, budget.Curve], key: Key, higher: bool) -> str:
+def _monotone_note(curves: dict[ReductionKey, budget.Curve], key: ReductionKey, higher: bool) -> str:
     notes = []
-    for arm in (key[5], "off"):
-        c = curves.get((*key[:5], arm))
+    for arm in (key.arm, "off"):
+        c = curves.get(key._replace(arm=arm))
         n = worse_after(c, higher) if c is not None else None
         if n is not None:
             notes.append(f"the {ARM_LABELS.get(arm, arm)} curve is not monotone in n: it gets worse after n = {n}")
@@ -96,7 +95,7 @@ def _paired_text(p: PairedDiff | None, metric: str) -> tuple[str, str]:
 
 
 def gate_answer(
-    key: Key, r: budget.Reduction, curves: dict[Key, budget.Curve], paired: list[PairedDiff]
+    key: ReductionKey, r: budget.Reduction, curves: dict[ReductionKey, budget.Curve], paired: list[PairedDiff]
 ) -> tuple[str, str]:
     """(clause of the summary's sentence, line for the terminal) for one gate and setting."""
     metric, dataset, weights, gate, sampler, arm = key
@@ -132,15 +131,15 @@ def gate_answer(
 
 
 def headline_answer(
-    reductions: dict[Key, list[budget.Reduction]],
-    curves: dict[Key, budget.Curve],
+    reductions: dict[ReductionKey, list[budget.Reduction]],
+    curves: dict[ReductionKey, budget.Curve],
     paired: list[PairedDiff],
     metric: str,
 ) -> tuple[str, list[str]]:
     """(one sentence for summary.md, one line per gate for the terminal): local search ("on") over "off" at
     the quality the local-search curve reaches at headline_at(its trials), worded by the module's rule."""
     lines, clauses = [], []
-    for key in sorted(k for k in reductions if k[0] == metric and k[5] == "on"):
+    for key in sorted(k for k in reductions if k.metric == metric and k.arm == "on"):
         reds = reductions[key]
         if not reds:
             continue

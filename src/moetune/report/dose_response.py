@@ -22,11 +22,12 @@ from typing import Any
 
 from moetune import contract
 from moetune.report import budget
-from moetune.report.analysis import _trials_of
+from moetune.report.analysis import trials_of
 from moetune.report.answer import headline_at
 from moetune.report.labels import GATE_LABELS
 from moetune.report.paired import compare
-from moetune.report.sweep import Study, Sweep
+from moetune.report.sweep import Sweep, group_of
+from moetune.tracking.base import RecordedStudy
 
 COMPARED = (("on", "off"), ("on", "frozen"), ("frozen", "off"))
 
@@ -60,16 +61,16 @@ class DosePoint:
     nmi_off: float
 
 
-def _median(studies: list[Study], metric: str) -> float:
+def _median(studies: list[RecordedStudy], metric: str) -> float:
     values = [t.metrics[metric] for s in studies for t in s.trials if t.finished and metric in t.metrics]
     return float(statistics.median(values)) if values else math.nan
 
 
-def points(sweep: Sweep, metric: str, *, selection: str = "best_val_loss", resamples: int = 1000) -> list[DosePoint]:
+def points(sweep: Sweep, metric: str, *, resamples: int = 1000) -> list[DosePoint]:
     """The sweep's points: one per gate (and dataset) and comparison whose two arms both ran."""
-    by_gate: dict[tuple[str, str], dict[str, list[Study]]] = {}
+    by_gate: dict[tuple[str, str], dict[str, list[RecordedStudy]]] = {}
     for s in sweep.studies:
-        gate, arm, dataset, *_ = s.group
+        gate, arm, dataset, *_ = group_of(s)
         by_gate.setdefault((gate, dataset), {}).setdefault(arm, []).append(s)
     higher = contract.higher_is_better(metric)
     out = []
@@ -95,14 +96,14 @@ def points(sweep: Sweep, metric: str, *, selection: str = "best_val_loss", resam
             p = compare(group, arm, arms[arm], base, arms[base], metric, resamples=resamples, seed=0, level=0.9)
             at, r = 0, None
             if (arm, base) == ("on", "off"):
-                trials_on = _trials_of(on[0], selection, metric)
+                trials_on = trials_of(on[0], sweep.selection, metric)
                 at = headline_at(trials_on.n)
                 r = budget.reduction_factor(
                     trials_on,
-                    _trials_of(arms["off"][0], selection, metric),
+                    trials_of(arms["off"][0], sweep.selection, metric),
                     at=at,
                     test_higher_is_better=higher,
-                    val_higher_is_better=contract.higher_is_better(selection),
+                    val_higher_is_better=contract.higher_is_better(sweep.selection),
                     resamples=resamples,
                 )
             out.append(

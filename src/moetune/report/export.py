@@ -19,9 +19,6 @@ from moetune.report import figures, importance, paired, paired_figure, tables, t
 from moetune.report.analysis import analyse
 from moetune.report.sweep import read_sweep, report_metrics
 from moetune.tracking import Tracking
-from moetune.tracking.mlflow_store import MlflowTracking
-
-DEFAULT_SELECTION = "best_val_loss"
 
 
 @dataclass
@@ -53,28 +50,27 @@ def _remove_abandoned(out: Path) -> None:
 
 
 def export_sweep(
-    tracking: str | Tracking,
-    experiment_name: str,
+    tracking: Tracking,
     out_dir: str | os.PathLike[str] | None = None,
     *,
     metric: str | None = None,
     filters: Mapping[str, object] | Iterable[str] | None = None,
-    selection: str = DEFAULT_SELECTION,
+    selection: str | None = None,
     resamples: int = 1000,
     seed: int = 0,
     level: float = 0.9,
-    log_to_mlflow: bool = True,
+    log_export: bool = True,
 ) -> Export:
-    """Export one sweep; returns the files written and the answer.
+    """Export the sweep ``tracking`` holds (its backend is fixed to the sweep); returns the files and the answer.
 
-    ``filters`` (mapping or "KEY=VALUE" strings) keep studies whose tags match. Every check runs
-    before anything is written; files are rendered in a temp folder and moved into ``out_dir``
-    (default sweeps/<experiment>/export) only when all are done. ``tracking`` is the sweep's tracking
-    backend, or an MLflow tracking URI.
+    ``filters`` (mapping or "KEY=VALUE" strings) keep studies whose tags match; ``selection`` defaults to
+    the metric the studies were ranked by. Every check runs before anything is written; files are
+    rendered in a temp folder and moved into ``out_dir`` (default sweeps/<experiment>/export) only when
+    all are done, then kept with the sweep in the store (``log_export``).
     """
-    if isinstance(tracking, str):
-        tracking = MlflowTracking(tracking)
-    sweep = read_sweep(tracking, experiment_name, filters=filters, selection=selection)
+    experiment_name = tracking.experiment
+    sweep = read_sweep(tracking, filters=filters, selection=selection)
+    selection = sweep.selection
     metrics = report_metrics(sweep.studies, metric)
     analysis = analyse(sweep.studies, metrics, selection=selection, resamples=resamples, seed=seed, level=level)
 
@@ -98,7 +94,7 @@ def export_sweep(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = {name: out / name for name in names}
-    if log_to_mlflow:
+    if log_export:
         params = {
             "metrics": ",".join(metrics),
             "selection": selection,
@@ -107,7 +103,7 @@ def export_sweep(
             "level": str(level),
             "filters": ",".join(f"{k}={v}" for k, v in sweep.filters.items()) or "-",
         }
-        tracking.log_export(experiment_name, list(files.values()), params)
+        tracking.log_export(list(files.values()), params)
     hint = tracking.browse_hint(sweep.experiment_id)
     return Export(files, analysis.answer, analysis.lines, analysis.headline, sweep.experiment_id, hint)
 

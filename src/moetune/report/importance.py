@@ -19,8 +19,9 @@ from typing import Any
 
 from moetune.contract import higher_is_better
 from moetune.report.labels import ARM_LABELS, ARM_ORDER, GATE_LABELS, setting_text
-from moetune.report.sweep import Study
+from moetune.report.sweep import group_of
 from moetune.tracking import tags
+from moetune.tracking.base import RecordedStudy
 
 MIN_TRIALS = 4  # below this a forest over the trials says nothing
 N_TREES = 64
@@ -45,7 +46,7 @@ DISTRIBUTIONS = ("FloatDistribution", "IntDistribution", "CategoricalDistributio
 class Importance:
     """One study's importances (normalized to sum 1), or why there are none."""
 
-    study: Study
+    study: RecordedStudy
     objective: str
     n_trials: int
     values: dict[str, float] = field(default_factory=dict)  # param -> importance, largest first
@@ -96,7 +97,7 @@ def infer_distribution(texts: list[str]) -> Any:
     return d.FloatDistribution(low, high, log=low > 0 and high / low > 10)
 
 
-def study_importance(study: Study, selection: str) -> Importance:
+def study_importance(study: RecordedStudy, selection: str) -> Importance:
     """fANOVA importances of the sampled parameters that vary across the study's finished trials."""
     import optuna
 
@@ -139,7 +140,7 @@ def study_importance(study: Study, selection: str) -> Importance:
     return result
 
 
-def importances(studies: list[Study], selection: str) -> list[Importance]:
+def importances(studies: list[RecordedStudy], selection: str) -> list[Importance]:
     return [study_importance(s, selection) for s in studies]
 
 
@@ -152,7 +153,7 @@ def write_csv(path: Path, results: list[Importance]) -> None:
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for r in results:
-            gate, arm, dataset, weights, sampler = r.study.group
+            gate, arm, dataset, weights, sampler = group_of(r.study)
             seed = r.study.tags.get(tags.SEED, "")
             for param, value in r.values.items():
                 w.writerow(
@@ -173,16 +174,16 @@ def summary_lines(results: list[Importance]) -> list[str]:
     ]
     tables: dict[tuple[str, ...], list[Importance]] = {}
     for r in results:
-        gate, _, dataset, weights, sampler = r.study.group
+        gate, _, dataset, weights, sampler = group_of(r.study)
         tables.setdefault((gate, dataset, weights, sampler, r.study.tags.get(tags.SEED, "0")), []).append(r)
     for (gate, dataset, weights, sampler, seed), rows in sorted(tables.items()):
-        rows.sort(key=lambda r: ARM_ORDER.get(r.study.group[1], 9))
+        rows.sort(key=lambda r: ARM_ORDER.get(group_of(r.study).local_search, 9))
         where = setting_text(dataset, weights) + ("" if sampler == "random" else f", {sampler}") + f", seed {seed}"
         lines += [f"### {GATE_LABELS.get(gate, gate)} — {where}", ""]
         shown = [r for r in rows if r.skipped is None]
         if shown:
             params = sorted({p for r in shown for p in r.values})
-            arms = [f"{ARM_LABELS.get(r.study.group[1], r.study.group[1])} ({r.n_trials} trials)" for r in shown]
+            arms = [f"{_arm_label(r.study)} ({r.n_trials} trials)" for r in shown]
             lines += ["| parameter | " + " | ".join(arms) + " |", "|---|" + "---|" * len(shown)]
             for p in params:
                 cells = [f"{r.values[p]:.2f}" if p in r.values else "—" for r in shown]
@@ -190,6 +191,11 @@ def summary_lines(results: list[Importance]) -> list[str]:
             lines.append("")
         for r in rows:
             if r.skipped is not None:
-                lines.append(f"- {r.study.key} ({r.study.group[1]}): skipped, {r.skipped}.")
+                lines.append(f"- {r.study.key} ({group_of(r.study).local_search}): skipped, {r.skipped}.")
         lines.append("")
     return lines
+
+
+def _arm_label(study: RecordedStudy) -> str:
+    arm = group_of(study).local_search
+    return ARM_LABELS.get(arm, arm)

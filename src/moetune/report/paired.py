@@ -22,8 +22,9 @@ import numpy as np
 
 from moetune.contract import higher_is_better
 from moetune.report.labels import COMPARISONS, GATE_LABELS, ISOLATES, comparison_text, setting_text
-from moetune.report.sweep import Study, Trial
+from moetune.report.sweep import group_of
 from moetune.tracking import tags
+from moetune.tracking.base import RecordedStudy, RecordedTrial
 
 PairGroup = tuple[str, str, str, str]  # (gate, dataset, task_weights, sampler)
 COLUMNS = [
@@ -93,11 +94,11 @@ class PairedDiff:
         return text
 
 
-def _by_pair(studies: list[Study]) -> dict[tuple[str, int], Trial]:
+def _by_pair(studies: list[RecordedStudy]) -> dict[tuple[str, int], RecordedTrial]:
     return {(s.tags.get(tags.SEED, "0"), t.index): t for s in studies for t in s.trials if t.finished}
 
 
-def _differ(a: Trial, b: Trial) -> bool:
+def _differ(a: RecordedTrial, b: RecordedTrial) -> bool:
     """Whether two trials of a pair differ in what pairing promises alike: the seed and the shared values."""
     return any(a.params[k] != b.params[k] for k in a.params.keys() & b.params.keys())
 
@@ -132,9 +133,9 @@ def bootstrap_intervals(diff: np.ndarray, resamples: int, seed: int, level: floa
 def compare(
     group: PairGroup,
     arm: str,
-    arm_studies: list[Study],
+    arm_studies: list[RecordedStudy],
     base: str,
-    base_studies: list[Study],
+    base_studies: list[RecordedStudy],
     metric: str,
     *,
     resamples: int,
@@ -172,13 +173,13 @@ def compare(
 
 
 def paired_differences(
-    studies: list[Study], metrics: list[str], *, resamples: int, seed: int, level: float
+    studies: list[RecordedStudy], metrics: list[str], *, resamples: int, seed: int, level: float
 ) -> list[PairedDiff]:
     """Every comparison of labels.COMPARISONS whose two arms were run, per group and metric (metrics in the
     order given, groups sorted); a comparison without a single pair is left out."""
-    by_arm: dict[PairGroup, dict[str, list[Study]]] = {}
+    by_arm: dict[PairGroup, dict[str, list[RecordedStudy]]] = {}
     for s in studies:
-        gate, arm, dataset, weights, sampler = s.group
+        gate, arm, dataset, weights, sampler = group_of(s)
         by_arm.setdefault((gate, dataset, weights, sampler), {}).setdefault(arm, []).append(s)
     out = []
     for metric in metrics:

@@ -8,56 +8,49 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
-from moetune.contract import higher_is_better
+from moetune.contract import best_metric, higher_is_better
 from moetune.errors import ConfigError
 from moetune.tracking import tags
-from moetune.tracking.base import Tracking
-
-Group = tuple[str, str, str, str, str]  # (gate, local_search, dataset, task_weights, sampler): one curve
+from moetune.tracking.base import RecordedStudy, Tracking
 
 
-SEED_PARAM = "train.seed"  # a trial's seed, logged beside its sampled values
+class Group(NamedTuple):
+    """One curve: the studies of one gate, arm, dataset, task weighting and sampler (pooled over seeds)."""
+
+    gate: str
+    local_search: str
+    dataset: str
+    task_weights: str
+    sampler: str
 
 
-@dataclass
-class Trial:
-    index: int  # its number in the study: the same number in another arm of the sweep is its pair
-    finished: bool  # FINISHED with a finite selection metric; otherwise it counts in the budget as failed
-    metrics: dict[str, float]
-    status: str = "FINISHED"  # FINISHED | FAILED, as recorded
-    params: dict[str, str] = field(default_factory=dict)  # as logged: sampled values and train.seed
-    init_digest: str | None = None
-    error: str | None = None
+class ReductionKey(NamedTuple):
+    """Whose reductions over "off" a list holds: one arm of one gate, in one setting, for one metric."""
 
-    @property
-    def sampled(self) -> dict[str, str]:
-        """The sampled hyperparameters (the params without the seed)."""
-        return {k: v for k, v in self.params.items() if k != SEED_PARAM}
-
-    @property
-    def seed(self) -> str | None:
-        return self.params.get(SEED_PARAM)
+    metric: str
+    dataset: str
+    task_weights: str
+    gate: str
+    sampler: str
+    arm: str
 
 
-@dataclass
-class Study:
-    key: str
-    tags: dict[str, str]
-    trials: list[Trial] = field(default_factory=list)
-    space: dict[str, str] = field(default_factory=dict)  # the search space: name -> distribution as logged
+DEFAULT_SELECTION = best_metric("val_loss")  # a sweep recorded before studies were tagged with theirs
 
-    @property
-    def group(self) -> Group:
-        t = self.tags
-        return (
-            t.get(tags.GATE, "?"),
-            t.get(tags.LOCAL_SEARCH, "?"),
-            t.get(tags.DATASET, "?"),
-            t.get(tags.TASK_WEIGHTS, "equal"),
-            t.get(tags.SAMPLER, "random"),
-        )
+
+def group_of(study: RecordedStudy) -> Group:
+    """The curve a study belongs to: its gate, arm, dataset, task weighting and sampler."""
+    t = study.tags
+    return Group(
+        t.get(tags.GATE, "?"),
+        t.get(tags.LOCAL_SEARCH, "?"),
+        t.get(tags.DATASET, "?"),
+        t.get(tags.TASK_WEIGHTS, "equal"),
+        t.get(tags.SAMPLER, "random"),
+    )
 
 
 @dataclass
@@ -65,7 +58,8 @@ class Sweep:
     name: str
     experiment_id: str
     filters: dict[str, str]
-    studies: list[Study]
+    studies: list[RecordedStudy]
+    selection: str  # the final metric that ranks trials (best_<tuner.metric>), from the studies' tags
 
 
 def direction(metric: str) -> bool:
@@ -93,39 +87,19 @@ def parse_filters(filters: Mapping[str, object] | Iterable[str] | None) -> dict[
 
 def read_sweep(
     tracking: Tracking,
-    experiment: str,
     *,
     filters: Mapping[str, object] | Iterable[str] | None = None,
-    selection: str = "best_val_loss",
+    selection: str | None = None,
 ) -> Sweep:
     """The sweep's studies whose tags match ``filters``, each with its FINISHED and FAILED trials in trial order.
 
-    Raises ConfigError for a selection metric of unknown direction, a malformed or unmatched filter, a
-    sweep without studies, and a study with fewer than 2 finished trials (no curve can be drawn).
+    ``selection`` defaults to the metric the studies were ranked by when they ran (tag moetune.selection_metric).
+    Raises ConfigError for a selection metric of unknown direction, studies ranked by different metrics, a
+    malformed or unmatched filter, a sweep without studies, and a study with fewer than 2 finished trials.
     """
-    direction(selection)
     wanted = parse_filters(filters)
-    recorded = tracking.read_sweep(experiment)
-    studies = [
-        Study(
-            s.key,
-            dict(s.tags),
-            [
-                Trial(
-                    t.index,
-                    _finished(t.status, t.metrics, selection),
-                    dict(t.metrics),
-                    t.status,
-                    dict(t.params),
-                    t.init_digest,
-                    t.error,
-                )
-                for t in s.trials
-            ],
-            dict(s.space),
-        )
-        for s in recorded.studies
-    ]
+    recorded = tracking.read_sweep()
+    studies = list(recorded.studies)
     if not studies:
         raise ConfigError(f"experiment {recorded.name!r} has no study runs (tag {tags.ROLE}={tags.STUDY})")
     for key, value in wanted.items():
@@ -134,21 +108,32 @@ def read_sweep(
             seen = sorted({s.tags.get(key, "(unset)") for s in studies})
             raise ConfigError(f"no study matches {key}={value}; values of {key}: {', '.join(seen)}")
         studies = kept
+    if selection is None:
+        ranked_by = sorted({s.tags.get(tags.SELECTION_METRIC, DEFAULT_SELECTION) for s in studies})
+        if len(ranked_by) > 1:
+            raise ConfigError(
+                f"the studies were ranked by different metrics ({', '.join(ranked_by)}); "
+                "pass --selection, or --filter to export them apart"
+            )
+        selection = ranked_by[0]
+    direction(selection)
     for s in studies:
+        for t in s.trials:
+            t.finished = _finished(t.status, t.metrics, selection)
         n_ok = sum(t.finished for t in s.trials)
         if n_ok < 2:
             raise ConfigError(
                 f"study {s.key!r} has {n_ok} finished trial(s) with {selection} "
                 f"out of {len(s.trials)}; a curve needs at least 2"
             )
-    return Sweep(recorded.name, recorded.experiment_id, wanted, studies)
+    return Sweep(recorded.name, recorded.experiment_id, wanted, studies, selection)
 
 
 def _finished(status: str, metrics: Mapping[str, float], selection: str) -> bool:
     return status == "FINISHED" and math.isfinite(metrics.get(selection, math.nan))
 
 
-def report_metrics(studies: list[Study], metric: str | None) -> list[str]:
+def report_metrics(studies: list[RecordedStudy], metric: str | None) -> list[str]:
     """The test metrics to report: ``metric`` if given (it must be recorded, with a known direction), else
     every recorded test_* metric with a known direction (a timing metric has none, so no curve)."""
     recorded = sorted({m for s in studies for t in s.trials if t.finished for m in t.metrics})

@@ -166,7 +166,7 @@ def write_reductions_csv(path: Path, reductions: dict[ReductionKey, list[budget.
             r.censored or bool(np.isposinf(r.high)),
         ]
 
-    keys = sorted(reductions, key=lambda k: (k[3], k[1], k[2], k[4], k[5], k[0]))
+    keys = sorted(reductions, key=lambda k: (k.gate, k.dataset, k.task_weights, k.sampler, k.arm, k.metric))
     _write_rows(path, REDUCTION_COLUMNS, (row(key, r) for key in keys for r in reductions[key]))
 
 
@@ -317,11 +317,8 @@ def write_summary(path: Path, experiment: str, analysis: Analysis, appendix: Seq
                     )
                 lines.append("")
                 for sampler in sorted({r.sampler for r in rows}):
-                    by_arm = {
-                        arm: reductions[(metric, setting[0], setting[1], gate, sampler, arm)]
-                        for arm in ARMS
-                        if reductions.get((metric, setting[0], setting[1], gate, sampler, arm))
-                    }
+                    keys = {arm: ReductionKey(metric, *setting, gate, sampler, arm) for arm in ARMS}
+                    by_arm = {arm: reductions[key] for arm, key in keys.items() if reductions.get(key)}
                     if by_arm:
                         lines += _reduction_table(by_arm, sampler, level)
         lines += _top_table(tops=analysis.tops, metric=metric)

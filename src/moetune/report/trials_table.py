@@ -28,7 +28,8 @@ from moetune.contract import (
     WALL_SECONDS,
 )
 from moetune.report.labels import ARM_ORDER
-from moetune.report.sweep import Study, Trial
+from moetune.report.sweep import group_of
+from moetune.tracking.base import RecordedStudy, RecordedTrial
 
 HEAD = ["study", "gate", "local_search", "dataset", "task_weights", "sampler", "trial", "seed", "init_digest"]
 RUN = [E_PERM, PERM_STEPS, BEST_EPOCH, EPOCHS_RUN, "status"]
@@ -47,11 +48,13 @@ INTEGERS = {E_PERM, PERM_STEPS, BEST_EPOCH, EPOCHS_RUN, PERM_REASSIGNED, BEST_EP
 PHASE = [PERM_STEPS, PERM_SHIFT, PERM_REASSIGNED, PERM_EFFECTIVE_START, PERM_EFFECTIVE_END, BEST_EPOCH_AFTER_PERM]
 
 
-def _ordered(studies: list[Study]) -> list[Study]:
-    return sorted(studies, key=lambda s: (s.group[0], s.group[2:], ARM_ORDER.get(s.group[1], 9), s.key))
+def _ordered(studies: list[RecordedStudy]) -> list[RecordedStudy]:
+    return sorted(
+        studies, key=lambda s: (group_of(s).gate, group_of(s)[2:], ARM_ORDER.get(group_of(s).local_search, 9), s.key)
+    )
 
 
-def columns(studies: list[Study]) -> list[str]:
+def columns(studies: list[RecordedStudy]) -> list[str]:
     """HEAD, the sampled parameters (one column per name, sorted), RUN, best_val_* and test_* metrics, COST,
     DIAGNOSTICS, error."""
     params = sorted({k for s in studies for t in s.trials for k in t.sampled})
@@ -61,7 +64,7 @@ def columns(studies: list[Study]) -> list[str]:
     return HEAD + params + RUN + val + test + COST + DIAGNOSTICS + ["error"]
 
 
-def _cell(trial: Trial, column: str) -> str:
+def _cell(trial: RecordedTrial, column: str) -> str:
     if column == "status":
         return trial.status
     if column == "error":
@@ -74,7 +77,7 @@ def _cell(trial: Trial, column: str) -> str:
     return str(int(value)) if column in INTEGERS and value == int(value) else repr(float(value))
 
 
-def write_csv(path: Path, studies: list[Study]) -> None:
+def write_csv(path: Path, studies: list[RecordedStudy]) -> None:
     """One row per FINISHED or FAILED trial, studies grouped by gate and setting, trials in number order;
     a cell is empty where the trial has no such value (e.g. perm_* for the off arm, metrics of a failure)."""
     cols = columns(studies)
@@ -82,7 +85,7 @@ def write_csv(path: Path, studies: list[Study]) -> None:
         w = csv.writer(f)
         w.writerow(cols)
         for s in _ordered(studies):
-            gate, arm, dataset, weights, sampler = s.group
+            gate, arm, dataset, weights, sampler = group_of(s)
             for t in s.trials:
                 head = [s.key, gate, arm, dataset, weights, sampler, t.index, t.seed or "", t.init_digest or ""]
                 w.writerow(head + [_cell(t, c) for c in cols[len(HEAD) :]])
@@ -97,7 +100,7 @@ def _spread(values: list[float]) -> str:
     return f"{med:.3g} ({lo:.3g}–{hi:.3g})"
 
 
-def diagnostics_lines(studies: list[Study]) -> list[str]:
+def diagnostics_lines(studies: list[RecordedStudy]) -> list[str]:
     """Per study with a permutation phase (a finished trial reported perm_steps): median and range over its
     finished trials of what the phase did. The number of steps bounds how far the permutation can travel."""
     phased = [s for s in _ordered(studies) if any(t.finished and PERM_STEPS in t.metrics for t in s.trials)]
@@ -117,5 +120,5 @@ def diagnostics_lines(studies: list[Study]) -> list[str]:
     for s in phased:
         done = [t for t in s.trials if t.finished]
         cells = [_spread([t.metrics.get(m, math.nan) for t in done]) for m in PHASE]
-        lines.append(f"| {s.key} | {s.group[1]} | {len(done)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s.key} | {group_of(s).local_search} | {len(done)} | " + " | ".join(cells) + " |")
     return lines + [""]

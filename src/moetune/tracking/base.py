@@ -14,6 +14,8 @@ from pathlib import Path
 from moetune.contract import EpochReport, FinalReport, Outcome
 from moetune.errors import ConfigError
 
+SEED_PARAM = "train.seed"  # a trial's seed, logged beside its sampled values
+
 
 @dataclass
 class RecordedTrial:
@@ -25,6 +27,18 @@ class RecordedTrial:
     params: dict[str, str] = field(default_factory=dict)  # as logged: the sampled values and train.seed
     init_digest: str | None = None  # fingerprint of its initial weights (tag init_digest), FINISHED only
     error: str | None = None  # FAILED: the error's one-line message
+    # derived by the report (moetune.report.sweep) for its selection metric: FINISHED with a finite value;
+    # a trial that is not counts in the budget as failed
+    finished: bool = False
+
+    @property
+    def sampled(self) -> dict[str, str]:
+        """The sampled hyperparameters (the params without the seed)."""
+        return {k: v for k, v in self.params.items() if k != SEED_PARAM}
+
+    @property
+    def seed(self) -> str | None:
+        return self.params.get(SEED_PARAM)
 
 
 @dataclass
@@ -108,9 +122,11 @@ class SweepLock(abc.ABC):
 
 
 class Tracking(abc.ABC):
-    """A tracking store. Construction writes nothing; ``check`` fails early when the store is unreachable."""
+    """A tracking store, fixed to one sweep at construction (``experiment``, the sweep's name, is the one
+    keyword every backend takes; the rest are its own, from conf/tracking/<name>.yaml). Construction
+    writes nothing; ``check`` fails early when the store is unreachable."""
 
-    uri: str
+    experiment: str
 
     @abc.abstractmethod
     def check(self, must_exist: bool = False, writable: bool = False) -> None:
@@ -129,11 +145,11 @@ class Tracking(abc.ABC):
         """The study's record, found again by its key when a sweep resumes."""
 
     @abc.abstractmethod
-    def read_sweep(self, experiment: str) -> RecordedSweep:
-        """Every study of a sweep and its FINISHED and FAILED trials, in trial order."""
+    def read_sweep(self) -> RecordedSweep:
+        """Every study of the sweep and its FINISHED and FAILED trials, in trial order."""
 
     @abc.abstractmethod
-    def log_export(self, experiment: str, files: list[Path], params: dict[str, str]) -> None:
+    def log_export(self, files: list[Path], params: dict[str, str]) -> None:
         """Keep the report's files with the sweep (replacing an earlier export)."""
 
     def load_weights(self, run_id: str) -> tuple[bytes, str]:
@@ -145,3 +161,12 @@ class Tracking(abc.ABC):
     @abc.abstractmethod
     def browse_hint(self, experiment_id: str) -> str:
         """One line telling a user where to browse the sweep."""
+
+    def export_args(self) -> list[str]:
+        """The ``moetune export`` options that read this store back (printed when an export must be re-run)."""
+        node = {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", **self.options()}
+        return [f"--tracking={k}={v}" for k, v in node.items()]
+
+    def options(self) -> dict[str, str]:
+        """This backend's own keys (all but ``experiment``), as its config file gives them."""
+        return {}

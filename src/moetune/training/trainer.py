@@ -39,7 +39,7 @@ class TrainResult:
 
     def final_metrics(self) -> dict[str, float]:
         """The final metrics of the trial-report contract: best_val_*, test_*, timings, active experts."""
-        out = {f"best_{k}": v for k, v in self.val.items()}
+        out = {contract.best_metric(k): v for k, v in self.val.items()}
         out.update(self.test)
         out[contract.BEST_EPOCH] = float(self.best_epoch)
         out[contract.WALL_SECONDS] = self.wall_seconds
@@ -47,7 +47,7 @@ class TrainResult:
         out[contract.TRAIN_SAMPLES_PER_SECOND] = self.train_samples_per_second
         out[contract.EPOCHS_RUN] = float(self.epochs_run)
         out[contract.ACTIVE_EXPERTS] = self.diagnostics[contract.ACTIVE_EXPERTS]
-        out.update(self.diagnostics.get("phase", {}))
+        out.update(self.diagnostics.get(contract.PHASE, {}))
         if contract.ROUTING_NMI in self.diagnostics:
             out[contract.ROUTING_NMI] = self.diagnostics[contract.ROUTING_NMI]
         return out
@@ -196,7 +196,7 @@ class Trainer:
             test=self.evaluate("test"),
             diagnostics=self.diagnostics("test"),
         )
-        result.diagnostics["phase"] = phase
+        result.diagnostics[contract.PHASE] = phase
         result.wall_seconds = time.perf_counter() - start_wall
         result.cpu_seconds = time.process_time() - start_cpu
         result.train_samples_per_second = step_samples / max(step_seconds, 1e-9)
@@ -250,15 +250,15 @@ class Trainer:
         _, gates = self.predict(split_name)
         active = [(g != 0).float() for g in gates]
         diag = {
-            "init_digest": self.init_digest,
-            "active_experts_mean": float(torch.stack([a.sum(1).mean() for a in active]).mean()),
-            "active_experts_per_task": [float(a.sum(1).mean()) for a in active],
-            "expert_load_per_task": [a.mean(0).tolist() for a in active],
+            contract.INIT_DIGEST: self.init_digest,
+            contract.ACTIVE_EXPERTS: float(torch.stack([a.sum(1).mean() for a in active]).mean()),
+            contract.ACTIVE_EXPERTS_PER_TASK: [float(a.sum(1).mean()) for a in active],
+            contract.EXPERT_LOAD_PER_TASK: [a.mean(0).tolist() for a in active],
         }
         if self.model.local_search is not None:
-            diag["permutation"] = self.model.local_search.permutation()
+            diag[contract.PERMUTATION] = self.model.local_search.permutation()
         truth = (self.data.truth or {}).get(f"{split_name}_expert")
         if truth is not None:
             chosen = gates[0].argmax(1).cpu().numpy()
-            diag["routing_nmi"] = float(normalized_mutual_info(np.asarray(truth), chosen))
+            diag[contract.ROUTING_NMI] = float(normalized_mutual_info(np.asarray(truth), chosen))
         return diag

@@ -1,5 +1,7 @@
-"""Tuning: Hydra's config -> one study of Ray Tune trials sampled by Optuna, recorded by moetune.tracking.
+"""Tuning: Hydra's config -> studies of Ray Tune trials sampled by Optuna, recorded by moetune.tracking.
 
-The driver modules (hydra_config, search_space, searcher, ray_runtime, callback, study) may import
-Hydra, Optuna and the tracking interface; ``trial`` is what runs in a worker and imports none of them.
+On the driver: hydra_config (schema, one validated config per job), search_space, searcher (a study's
+Optuna sampler), planning (a sweep checked before anything starts), driver (one Tune run for every
+study), callback (Tune's hooks into the driver), ray_runtime, progress, signals. In a worker: ``trial``
+(and weights), which import none of Hydra, Optuna or the tracking interface.
 """

@@ -16,7 +16,6 @@ from ray.tune.search import Searcher
 
 class LiveSweep(Protocol):
     def suggest(self, trial_id: str) -> dict[str, Any] | None | str: ...
-    def on_trial_start(self, trial_id: str, config: dict[str, Any]) -> None: ...
     def on_trial_result(self, trial_id: str, result: dict) -> None: ...
     def on_trial_end(self, trial_id: str, last_result: dict | None, error: str | None) -> None: ...
     def on_step(self) -> None: ...
@@ -70,9 +69,6 @@ class SweepSearcher(Searcher):
 class RecordingCallback(tune.Callback):
     def __init__(self, sweep: str):
         self.sweep = sweep
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        _LIVE[self.sweep].on_trial_start(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         _LIVE[self.sweep].on_trial_result(trial.trial_id, result)

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from moetune.config import StudyConfig, check_study, study_key
-from moetune.errors import ConfigError
+from moetune.errors import ConfigError, first_line
 from moetune.tuning.search_space import Space, study_space, with_fixed_gate_params
 
 SCHEMA = "moetune_schema"  # conf/config.yaml composes its YAML over this (first in its defaults list)
@@ -36,7 +36,7 @@ def load_study(cfg: DictConfig) -> Study:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudyConfig), resolved))
     except OmegaConfBaseException as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"config {key}: {first}" if key else f"config: {first}") from None
     assert isinstance(config, StudyConfig)

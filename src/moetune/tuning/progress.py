@@ -12,8 +12,10 @@ from tqdm import tqdm
 PLAIN_SECONDS = 30.0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyProgress:
+    """One study's line: its budget, what is done (``done_at_start`` of it before this driver: the ETA's base)."""
+
     key: str
     total: int
     metric: str

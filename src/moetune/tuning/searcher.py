@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from moetune.config import StudyConfig, sampler_seed
-from moetune.errors import ConfigError
+from moetune.errors import ConfigError, first_line
 from moetune.tracking import LedgerEntry
 from moetune.tuning.search_space import Space
 
@@ -26,7 +26,7 @@ def build_sampler(config: StudyConfig, seed: int | None = None) -> optuna.sample
     try:
         sampler = instantiate(config.sampler, **overrides)
     except InstantiationException as exc:
-        raise ConfigError(f"sampler: {str(exc).strip().splitlines()[0]}; see conf/sampler/ for examples") from None
+        raise ConfigError(f"sampler: {first_line(exc)}; see conf/sampler/ for examples") from None
     if not isinstance(sampler, optuna.samplers.BaseSampler):
         raise ConfigError(f"sampler._target_ {config.sampler.get('_target_')!r} is not an Optuna sampler")
     return sampler
@@ -50,7 +50,7 @@ class StudySampler:
 
     @property
     def selection(self) -> str:
-        return "best_" + self.config.tuner.metric
+        return self.config.tuner.selection
 
     def replay(self, ledger: list[LedgerEntry]) -> None:
         """Tell the sampler the trials a ledger holds (a resumed study), oldest first."""

@@ -16,6 +16,8 @@ import ray
 import torch
 from torch import nn
 
+from moetune.errors import first_line
+
 
 @ray.remote(num_cpus=0)  # takes no trial slot
 class WeightsInbox:
@@ -42,17 +44,12 @@ def state_bytes(model: nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def send_weights(inbox, key: str, model: nn.Module) -> str | None:
     """In the trial: hand the model's weights to the inbox; returns why that failed, or None."""
     try:
         ray.get(inbox.put.remote(key, state_bytes(model)))
     except Exception as exc:  # recorded on the trial's run by the driver
-        return _one_line(exc)
+        return first_line(exc, with_type=True)
     return None
 
 
@@ -61,5 +58,5 @@ def take_weights(inbox, key: str) -> tuple[bytes | None, str | None]:
     try:
         data = ray.get(inbox.pop.remote(key))
     except Exception as exc:
-        return None, _one_line(exc)
+        return None, first_line(exc, with_type=True)
     return data, None if data is not None else "the trial's weights never reached the driver"
