@@ -1,5 +1,6 @@
 """The scale-out setup on one machine, started the real way, then a demo sweep against it, then stopped:
-PostgreSQL 15, ``mlflow server`` on it with served artifacts, and a two-node Ray cluster (``ray start``).
+PostgreSQL 15 with password authentication, ``mlflow server`` on it with MLflow's authentication app and
+served artifacts, and a two-node Ray cluster (``ray start``). The sweep signs in as a user of its own.
 
     python scripts/scale_out_demo.py                # about 2 minutes on 2 cores
 
@@ -25,7 +26,9 @@ def main() -> None:
     args = parser.parse_args()
     cluster = RayCluster(cpus_per_node=1)
     with postgres() as database, mlflow_server(database) as server:
-        print(f"PostgreSQL: {database}\nMLflow server: {server}", flush=True)
+        login = server.add_user("sweeper")  # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+        print(f"PostgreSQL: {database.uri} (password in a 0600 PGPASSFILE)", flush=True)
+        print(f"MLflow server: {server.uri} (basic-auth; the sweep signs in as 'sweeper')", flush=True)
         cluster.start()
         try:
             print(f"Ray cluster: head {cluster.address} + 1 worker node, 1 CPU each", flush=True)
@@ -40,11 +43,11 @@ def main() -> None:
                 "dataset.n_samples=1500",
                 "train.max_epochs=4",
                 f"tuner.ray_address={cluster.address}",
-                f"tracking.uri={server}",
+                f"tracking.uri={server.uri}",
                 "sweep.name=scale-out-demo",
             ]
             print("$ " + " ".join(command[1:]), flush=True)
-            env = {**os.environ, "RAY_AUTH_MODE": "token"}
+            env = {**os.environ, **login, "RAY_AUTH_MODE": "token"}
             result = subprocess.run(command, cwd=REPO, env=env)
             if result.returncode != 0:
                 sys.exit(result.returncode)

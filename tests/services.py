@@ -1,12 +1,15 @@
 """Throwaway services for the scale-out tests, started the real way and removed afterwards: PostgreSQL 15
-(initdb and pg_ctl, as the unprivileged ``postgres`` user when run as root), ``mlflow server`` on it with
-served artifacts, and a two-node Ray cluster (``ray start --head`` plus ``ray start --address``), all
-on loopback and free ports, each in its own temporary folder."""
+(initdb and pg_ctl, as the unprivileged ``postgres`` user when run as root) with password authentication,
+``mlflow server`` on it with MLflow's authentication app and served artifacts, and a two-node Ray cluster
+(``ray start --head`` plus ``ray start --address``), all on loopback and free ports, each in its own
+temporary folder. Passwords are random, and travel only through environment variables and 0600 files."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -14,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+import requests
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BIN = Path(sys.executable).parent
@@ -36,19 +40,54 @@ def postgres_available() -> bool:
     return (PG_BIN / "initdb").exists()
 
 
+def _secret_file(path: Path, text: str, owner: str | None = None) -> Path:
+    """A file only its owner can read (0600), written without ever being readable by others."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    if owner:
+        shutil.chown(path, owner)
+    return path
+
+
+@dataclasses.dataclass
+class Database:
+    """A PostgreSQL database owned by the ``mlflow`` role, which logs in with a password (scram-sha-256)."""
+
+    uri: str  # SQLAlchemy URI without the password: libpq reads it from ``passfile`` (PGPASSFILE)
+    host: str
+    port: int
+    passfile: Path  # 0600, the mlflow role's line only
+    secrets: tuple[str, ...]  # every password set up, for the tests that look for leaks
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PGPASSFILE": str(self.passfile)}
+
+
 @contextlib.contextmanager
-def postgres() -> Iterator[str]:
-    """A PostgreSQL cluster with an empty ``mlflow`` database; yields its SQLAlchemy URI."""
+def postgres() -> Iterator[Database]:
+    """A PostgreSQL cluster that lets no one in without a password (initdb --auth=scram-sha-256, the
+    superuser's password from a 0600 file), with a ``mlflow`` role that owns only its ``mlflow`` database."""
+    import psycopg2
+
     folder = Path(tempfile.mkdtemp(prefix="moetune-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
+    owner = "postgres" if os.geteuid() == 0 else None
+    if owner:
+        shutil.chown(folder, owner)
     port, data = free_port(), folder / "data"
+    superuser_password, mlflow_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    pwfile = _secret_file(folder / "superuser.pw", superuser_password + "\n", owner)
     try:
         subprocess.run(
-            _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+            _as_postgres(
+                [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256"]
+                + [f"--pwfile={pwfile}", "-E", "UTF8"]
+            ),
             check=True,
             capture_output=True,
         )
+        pwfile.unlink()
         options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
         subprocess.run(
             _as_postgres(
@@ -57,12 +96,23 @@ def postgres() -> Iterator[str]:
             check=True,
             capture_output=True,
         )
-        subprocess.run(
-            _as_postgres([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"]),
-            check=True,
-            capture_output=True,
+        admin = psycopg2.connect(
+            host="127.0.0.1", port=port, user="postgres", password=superuser_password, dbname="postgres"
         )
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("CREATE ROLE mlflow LOGIN PASSWORD %s", (mlflow_password,))
+            cur.execute("CREATE DATABASE mlflow OWNER mlflow")
+            cur.execute("REVOKE ALL ON DATABASE mlflow FROM PUBLIC")
+        admin.close()
+        passfile = _secret_file(folder / "pgpass", f"127.0.0.1:{port}:mlflow:mlflow:{mlflow_password}\n")
+        yield Database(
+            f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow",
+            "127.0.0.1",
+            port,
+            passfile,
+            (superuser_password, mlflow_password),
+        )
     finally:
         subprocess.run(
             _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
@@ -70,18 +120,77 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@dataclasses.dataclass
+class Server:
+    """A running ``mlflow server --app-name basic-auth``; strangers get no permission on others' experiments."""
+
+    uri: str
+    folder: Path  # its log, artifacts and auth database
+    admin: tuple[str, str]
+    secrets: list[str]  # every password and key it was given or gave out, for leak checks
+
+    @property
+    def artifacts(self) -> Path:
+        return self.folder / "artifacts"
+
+    def _admin_call(self, path: str, body: dict) -> None:
+        answer = requests.post(self.uri + path, json=body, auth=self.admin, timeout=30)
+        answer.raise_for_status()
+
+    def add_user(self, username: str) -> dict[str, str]:
+        """A new, non-admin user; returns the environment a client of that user sets (MLflow's own variables)."""
+        password = secrets.token_urlsafe(18)
+        self.secrets.append(password)
+        self._admin_call("/api/2.0/mlflow/users/create", {"username": username, "password": password})
+        return {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+
+    def grant(self, username: str, experiment_id: str, permission: str) -> None:
+        self._admin_call(
+            "/api/3.0/mlflow/users/permissions/grant",
+            {
+                "username": username,
+                "resource_type": "experiment",
+                "resource_id": experiment_id,
+                "permission": permission,
+            },
+        )
+
+
+AUTH_INI = """[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///{folder}/auth.db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
+
+
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, timeout: float = 120) -> Iterator[str]:
-    """``mlflow server`` on the backend store, serving artifacts from a temporary folder; yields its URI."""
+def mlflow_server(database: Database, timeout: float = 120, workers: int = 2) -> Iterator[Server]:
+    """``mlflow server`` with MLflow's authentication app on the database, serving artifacts from a temporary
+    folder. The admin's password, the session key and the database password reach it through its
+    environment and 0600 files, never its command line."""
     folder = Path(tempfile.mkdtemp(prefix="moetune-mlflow-"))
     port = free_port()
+    admin = ("admin", secrets.token_urlsafe(18))
+    secret_key = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        **database.env,
+        "MLFLOW_AUTH_CONFIG_PATH": str(_secret_file(folder / "auth.ini", AUTH_INI.format(folder=folder))),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],  # sets the admin's password when the auth database is created
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key,
+    }
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
     log = open(folder / "server.log", "w")
     proc = subprocess.Popen(
         [
             str(BIN / "mlflow"),
             "server",
+            "--app-name",
+            "basic-auth",
             "--backend-store-uri",
-            backend_uri,
+            database.uri,
             "--artifacts-destination",
             str(folder / "artifacts"),
             "--host",
@@ -89,25 +198,29 @@ def mlflow_server(backend_uri: str, timeout: float = 120) -> Iterator[str]:
             "--port",
             str(port),
             "--workers",
-            "2",
+            str(workers),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=env,
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
+    server = Server(uri, folder, admin, [*database.secrets, admin[1], secret_key])
     try:
         deadline = time.time() + timeout
         while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log_text = (folder / "server.log").read_text()[-3000:]
-                    raise RuntimeError("mlflow server did not start:\n" + log_text) from None
-                time.sleep(0.5)
-        yield uri
+            try:  # /health answers before the auth app is ready: wait for a signed-in call
+                answer = requests.get(uri + "/api/2.0/mlflow/users/current", auth=admin, timeout=2)
+                if answer.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log_text = (folder / "server.log").read_text()[-3000:]
+                raise RuntimeError("mlflow server did not start:\n" + log_text) from None
+            time.sleep(0.5)
+        yield server
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

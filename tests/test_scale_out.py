@@ -1,5 +1,6 @@
-"""Scale-out, end to end: a sweep on a two-node Ray cluster started with ``ray start``, logging to
-``mlflow server`` on PostgreSQL with served artifacts; the worker node killed mid-sweep."""
+"""Scale-out, end to end: a sweep on a two-node Ray cluster started with ``ray start``, logging as a signed-in
+user to ``mlflow server`` with MLflow's authentication app, on PostgreSQL with password authentication,
+with served artifacts; the worker node killed mid-sweep."""
 
 from __future__ import annotations
 
@@ -27,9 +28,14 @@ N_TRIALS = 6
 
 
 @pytest.fixture(scope="module")
-def server():
-    with postgres() as database, mlflow_server(database) as uri:
-        yield uri
+def authenticated():
+    with postgres() as database, mlflow_server(database) as server:
+        yield server, server.add_user("sweeper")
+
+
+@pytest.fixture(scope="module")
+def server(authenticated) -> str:
+    return authenticated[0].uri
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +48,10 @@ def cluster():
 
 
 @pytest.fixture(autouse=True)
-def token_auth(monkeypatch):
+def token_auth(monkeypatch, authenticated):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the driver joins a cluster that `ray start --head` secured
+    for name, value in authenticated[1].items():  # the driver, the export and this test sign in as one user
+        monkeypatch.setenv(name, value)
 
 
 def sweep_args(cluster: RayCluster, server: str, name: str, epochs: int = 3) -> list[str]:
