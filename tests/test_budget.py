@@ -7,6 +7,7 @@ import pytest
 
 from moetune.errors import ConfigError
 from moetune.report import budget as B
+from moetune.report import reduction as R
 
 
 def monte_carlo(val, test, n, *, failed=None, replacement=True, higher=False, sims=200_000, seed=1):
@@ -161,11 +162,11 @@ def test_compute_seconds_counts_failed_trials():
 
 def test_budget_needed_directions():
     loss = np.array([0.5, 0.4, 0.3])
-    assert B.budget_needed(loss, 0.4, higher_is_better=False) == 2
-    assert B.budget_needed(loss, 0.2, higher_is_better=False) is None
+    assert R.budget_needed(loss, 0.4, higher_is_better=False) == 2
+    assert R.budget_needed(loss, 0.2, higher_is_better=False) is None
     auc = np.array([0.6, 0.7, 0.8])
-    assert B.budget_needed(auc, 0.75, higher_is_better=True) == 3
-    assert B.budget_needed(auc, 0.9, higher_is_better=True) is None
+    assert R.budget_needed(auc, 0.75, higher_is_better=True) == 3
+    assert R.budget_needed(auc, 0.9, higher_is_better=True) is None
 
 
 def _curve(values):
@@ -185,17 +186,17 @@ def _curve(values):
 
 def test_reduction_factor_constructed_curves():
     on, off = _curve([0.5, 0.4, 0.3]), _curve([0.9, 0.7, 0.5, 0.45, 0.4])
-    r = B.reduction_factor(on, off)
+    r = R.reduction_factor(on, off)
     assert (r.q, r.n_on, r.n_off, r.factor, r.censored) == (0.5, 1, 3, 3.0, False)
-    r2 = B.reduction_factor(on, off, at=2)
+    r2 = R.reduction_factor(on, off, at=2)
     assert (r2.n_on, r2.n_off, r2.factor) == (2, 5, 2.5)
     # higher-is-better test metric: q = on at n=1, off needs 2
-    r3 = B.reduction_factor(_curve([0.8, 0.85]), _curve([0.7, 0.81, 0.9]), test_higher_is_better=True)
+    r3 = R.reduction_factor(_curve([0.8, 0.85]), _curve([0.7, 0.81, 0.9]), test_higher_is_better=True)
     assert (r3.n_on, r3.n_off, r3.factor) == (1, 2, 2.0)
 
 
 def test_reduction_factor_censored():
-    r = B.reduction_factor(_curve([0.5, 0.4]), _curve([0.9, 0.8, 0.7]))
+    r = R.reduction_factor(_curve([0.5, 0.4]), _curve([0.9, 0.8, 0.7]))
     assert r.censored and r.factor is None and r.n_off is None
     assert r.n_off_max == 3 and r.lower_bound == 3
     assert str(r) == "> 3x (censored)"
@@ -205,14 +206,14 @@ def test_reduction_factor_from_trials_with_interval():
     # on: every trial scores 2.0, so q = 2.0; off curve: n=1 -> 2.5, n=2 -> 30/16 = 1.875
     on = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[2.0, 2.0, 2.0, 2.0])
     off = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[1.0, 2.0, 3.0, 4.0])
-    r = B.reduction_factor(on, off, resamples=500, seed=3)
+    r = R.reduction_factor(on, off, resamples=500, seed=3)
     assert (r.q, r.n_on, r.n_off, r.factor, r.censored) == (2.0, 1, 2, 2.0, False)
     assert r.low <= r.factor <= r.high
     assert np.isposinf(r.high)  # some resamples keep only the worse off-trials: censored
-    assert r == B.reduction_factor(on, off, resamples=500, seed=3)
+    assert r == R.reduction_factor(on, off, resamples=500, seed=3)
     # off never better than 3.0: censored at N_off = 4
     worse = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[3.0, 3.0, 4.0, 5.0])
-    rc = B.reduction_factor(on, worse, resamples=50)
+    rc = R.reduction_factor(on, worse, resamples=50)
     # a censored factor is a claim too: it carries its bootstrap interval (here every resample is censored)
     assert rc.censored and str(rc) == "> 4x (censored) [90% interval ∞, ∞]"
 
@@ -262,23 +263,23 @@ def test_reduction_factors_equal_single_target_calls():
     rng = np.random.default_rng(11)
     on = B.Trials(val=rng.normal(size=30), test=rng.normal(size=30) - 0.3)
     off = B.Trials(val=rng.normal(size=12), test=rng.normal(size=12))
-    reds = B.reduction_factors(on, off, resamples=200, seed=4)
+    reds = R.reduction_factors(on, off, resamples=200, seed=4)
     assert [r.at for r in reds] == [1, 2, 5, 10]  # default targets, all <= N_on = 30
     for r in reds:
-        single = B.reduction_factor(on, off, at=r.at, resamples=200, seed=4)
+        single = R.reduction_factor(on, off, at=r.at, resamples=200, seed=4)
         np.testing.assert_equal(_fields(r), _fields(single))  # same draws, same interval
         assert r.q == pytest.approx(B.expected_best_curve(on.val, on.test, budgets=[r.at])[0])
     # targets beyond N_on are dropped; the rest are unchanged by the choice of the other targets
-    few = B.reduction_factors(on, off, at=(2, 31, 50), resamples=200, seed=4)
+    few = R.reduction_factors(on, off, at=(2, 31, 50), resamples=200, seed=4)
     assert [r.at for r in few] == [2]
     np.testing.assert_equal(_fields(few[0]), _fields(reds[1]))
     # with the same targets on both sides, a study is no better than itself: factor 1 everywhere
-    assert all(r.factor == 1.0 for r in B.reduction_factors(on, on, resamples=0))
+    assert all(r.factor == 1.0 for r in R.reduction_factors(on, on, resamples=0))
 
 
 def test_reduction_factors_censored_and_curves():
     on, off = _curve([0.5, 0.4, 0.3, 0.25, 0.2, 0.19]), _curve([0.9, 0.7, 0.5, 0.45, 0.4])
-    reds = B.reduction_factors(on, off)
+    reds = R.reduction_factors(on, off)
     assert [r.at for r in reds] == [1, 2, 5]  # 10 > N_on = 6
     assert [(r.n_on, r.n_off, r.factor, r.censored) for r in reds] == [
         (1, 3, 3.0, False),
@@ -290,7 +291,7 @@ def test_reduction_factors_censored_and_curves():
     # from trials: on scores 2.0 at every n; off reaches 2.0 at n = 2 only with its best trials
     t_on = B.Trials(val=[1.0, 2.0, 3.0, 4.0, 5.0], test=[2.0, 2.0, 2.0, 2.0, 1.5])
     t_off = B.Trials(val=[1.0, 2.0, 3.0, 4.0], test=[3.0, 3.0, 4.0, 5.0])
-    reds = B.reduction_factors(t_on, t_off, resamples=50)
+    reds = R.reduction_factors(t_on, t_off, resamples=50)
     assert [r.at for r in reds] == [1, 2, 5] and all(r.censored and r.n_off is None for r in reds)
     assert [str(r) for r in reds] == [f"> {4 / r.n_on:.3g}x (censored) [90% interval ∞, ∞]" for r in reds]
 
@@ -300,7 +301,7 @@ def test_reduction_factors_resample_once_for_all_targets(monkeypatch):
     on = B.Trials(val=rng.normal(size=200), test=rng.normal(size=200))
     off = B.Trials(val=rng.normal(size=200), test=rng.normal(size=200) + 0.2)
     calls = []
-    original = B._resampled_curves
-    monkeypatch.setattr(B, "_resampled_curves", lambda *a, **k: calls.append(1) or original(*a, **k))
-    reds = B.reduction_factors(on, off, resamples=100)
+    original = B.resampled_curves
+    monkeypatch.setattr(B, "resampled_curves", lambda *a, **k: calls.append(1) or original(*a, **k))
+    reds = R.reduction_factors(on, off, resamples=100)
     assert len(reds) == 4 and len(calls) == 2  # one resampled-curve set per study, shared by all targets

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from moetune import contract
 from moetune.cli.main import main as moetune_main
 from moetune.errors import ConfigError
-from moetune.report import analysis, budget, export, figures, sweep, tables
+from moetune.report import analysis, budget, export, figures, reduction, sweep, tables
 from moetune.report import answer as answer_module
 from moetune.report.sweep import Group
 from moetune.tracking import tags
@@ -264,28 +264,28 @@ def test_summary(exported, store):
     rows = _reduction_rows(text, "test_loss", "Top-k")
     assert [r[0] for r in rows] == ["n = 1", "n = 2", "n = 5"]  # n = 10 > N = 8
     for row, n in zip(rows, (1, 2, 5), strict=True):
-        red = budget.reduction_factor(t_on, t_off, at=n, resamples=RESAMPLES, seed=0)
+        red = reduction.reduction_factor(t_on, t_off, at=n, resamples=RESAMPLES, seed=0)
         assert row[1] == f"{red.q:.4g}" and row[2] == str(red.n_on)
         if red.censored:
             assert row[3] == f"> {N_RANDOM}" and row[4].startswith(f"> {red.lower_bound:.3g}x (censored")
         else:
             assert row[3] == str(red.n_off)
             assert row[4].startswith(
-                f"{red.factor:.3g}x [90% interval {budget._fmt_bound(red.low)}, {budget._fmt_bound(red.high)}"
+                f"{red.factor:.3g}x [90% interval {reduction._fmt_bound(red.low)}, {reduction._fmt_bound(red.high)}"
             )
             assert row[4].endswith("; censored above]" if np.isinf(red.high) else "]")
     t_warm = _trials(data[("topk", "warmup", "random")][0], "test_loss")
     warm_rows = _reduction_rows(text, "test_loss", "Top-k", arm="uniform warm-up (dense start)")
     assert [r[0] for r in warm_rows] == ["n = 1", "n = 2", "n = 5"]
     for row, n in zip(warm_rows, (1, 2, 5), strict=True):
-        red = budget.reduction_factor(t_warm, t_off, at=n, resamples=RESAMPLES, seed=0)
+        red = reduction.reduction_factor(t_warm, t_off, at=n, resamples=RESAMPLES, seed=0)
         assert row[1] == f"{red.q:.4g}" and row[2] == str(red.n_on)
     assert _reduction_rows(text, "test_loss", "COMET", arm="uniform warm-up (dense start)") == []
     # TPE: from the running-best curves, no interval; censored here since off never reaches on's n=1
     tpe = [
         budget.running_best_curve([_trials(s, "test_loss") for s in data[("hash", ls, "tpe")]]) for ls in ("on", "off")
     ]
-    red = budget.reduction_factor(*tpe)
+    red = reduction.reduction_factor(*tpe)
     assert red.censored
     row = _reduction_rows(text, "test_loss", "Hash")[0]
     assert row[:4] == ["n = 1", f"{red.q:.4g}", str(red.n_on), f"> {N_TPE}"]
@@ -317,7 +317,7 @@ def test_reductions_csv_matches_budget_module(exported, store):
                     for ls in ("on", "off")
                 )
             for r in got:
-                want = budget.reduction_factor(
+                want = reduction.reduction_factor(
                     on, off, at=int(r["at_n"]), test_higher_is_better=up, resamples=RESAMPLES, seed=0
                 )
                 assert float(r["q"]) == want.q and int(r["n_arm"]) == want.n_on
@@ -505,7 +505,7 @@ def test_summary_opens_with_the_answer(exported, store):
     # the headline is test_loss (the selection loss's test twin) at n = 2: the largest of 1, 2, 5 <= N_on / 4
     assert answer_module.headline_at(N_RANDOM) == 2
     t_on, t_off = (_trials(data[("topk", ls, "random")][0], "test_loss") for ls in ("on", "off"))
-    red = budget.reduction_factor(t_on, t_off, at=2, resamples=RESAMPLES, seed=0)
+    red = reduction.reduction_factor(t_on, t_off, at=2, resamples=RESAMPLES, seed=0)
     target = f"to reach test_loss {red.q:.4g}, what 2 trials reach with local search"
     if red.low <= 1 <= red.high:
         assert (
@@ -526,13 +526,13 @@ def test_summary_opens_with_the_answer(exported, store):
 
 
 def test_reduction_text_marks_censoring():
-    red = budget.Reduction(
+    red = reduction.Reduction(
         q=0.5, at=10, n_on=2, n_off=None, n_off_max=64, factor=None, low=8.0, high=np.inf, censored=True
     )
     assert str(red) == "> 32x (censored) [90% interval 8, ∞]"  # a censored factor is a claim: with its interval
     red.low = red.high = np.nan
     assert str(red) == "> 32x (censored)"
-    red = budget.Reduction(
+    red = reduction.Reduction(
         q=0.5, at=10, n_on=2, n_off=8, n_off_max=64, factor=4.0, low=1.5, high=np.inf, censored=False
     )
     assert str(red) == "4x [90% interval 1.5, ∞; censored above]"

@@ -10,7 +10,7 @@ import scipy.stats
 
 from moetune import contract
 from moetune.contract import FinalReport, Outcome
-from moetune.report import answer, budget, export, importance, paired, sweep
+from moetune.report import answer, budget, export, importance, paired, reduction, sweep
 from moetune.tracking import tags
 from moetune.tracking.base import RecordedStudy, RecordedTrial
 from moetune.tracking.mlflow_store import MlflowTracking
@@ -269,7 +269,7 @@ def test_new_files_are_logged_on_the_export_run(exported, store):
 
 
 def _reduction(factor, low, high, *, censored=False, at=5):
-    return budget.Reduction(
+    return reduction.Reduction(
         q=1.08,
         at=at,
         n_on=at,

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
 from moetune.moe import MMoE
-from moetune.moe.experts import dropout_mask
 from moetune.moe.gates import available_gates
+from moetune.moe.kernels import dropout_mask
 from moetune.moe.local_search import PermutationLocalSearch
 from moetune.training.trainer import task_losses
 

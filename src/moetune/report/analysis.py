@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moetune.contract import ACTIVE_EXPERTS, TRAIN_SAMPLES_PER_SECOND, WALL_SECONDS, higher_is_better
-from moetune.report import answer, budget
+from moetune.report import answer, budget, reduction
 from moetune.report.labels import ARM_LABELS as ARM_LABELS
 from moetune.report.labels import ARM_ORDER as ARM_ORDER
 from moetune.report.labels import ARMS as ARMS
@@ -102,7 +102,7 @@ class Analysis:
     level: float
     metrics: list[str]  # the test metrics reported, one figure pair each
     curves: list[GroupCurve]
-    reductions: dict[ReductionKey, list[budget.Reduction]]
+    reductions: dict[ReductionKey, list[reduction.Reduction]]
     tops: list[TopTrials]
     costs: list[GateCost]  # one per curve, for the gates side by side
     paired: list[PairedDiff]  # arm − base, trial n against trial n, per group, comparison and metric
@@ -202,15 +202,15 @@ def group_curves(
 
 def arm_reductions(
     results: list[GroupCurve], val_up: bool, resamples: int, seed: int, level: float
-) -> dict[ReductionKey, list[budget.Reduction]]:
+) -> dict[ReductionKey, list[reduction.Reduction]]:
     """Reduction factors of each arm (local search, warm-up control) over "off", keyed by
     (metric, dataset, task_weights, gate, sampler, arm) where both exist.
 
-    Each value is a list of budget.Reduction, one per target n in budget.REDUCTION_AT (<= N_arm)
+    Each value is a list of reduction.Reduction, one per target n in reduction.REDUCTION_AT (<= N_arm)
     plus answer.HEADLINE_CANDIDATES.
     """
     by = {r.key: r for r in results}
-    ats = sorted(set(budget.REDUCTION_AT) | set(answer.HEADLINE_CANDIDATES))
+    ats = sorted(set(reduction.REDUCTION_AT) | set(answer.HEADLINE_CANDIDATES))
     out = {}
     for key, res in by.items():
         metric, sampler, arm = key.metric, key.sampler, key.arm
@@ -219,7 +219,7 @@ def arm_reductions(
             continue
         up = higher_is_better(metric)
         if sampler == "random":
-            red = budget.reduction_factors(
+            red = reduction.reduction_factors(
                 res.trials,
                 off.trials,
                 at=ats,
@@ -230,7 +230,7 @@ def arm_reductions(
                 seed=seed,
             )
         else:
-            red = budget.reduction_factors(res.curve, off.curve, at=ats, test_higher_is_better=up, level=level)
+            red = reduction.reduction_factors(res.curve, off.curve, at=ats, test_higher_is_better=up, level=level)
         out[key] = red
     return out
 

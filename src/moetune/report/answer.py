@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from moetune.contract import higher_is_better
-from moetune.report import budget
+from moetune.report import budget, reduction
 from moetune.report.labels import ARM_LABELS, GATE_LABELS, setting_text
 from moetune.report.paired import PairedDiff, find
 from moetune.report.sweep import ReductionKey
@@ -62,7 +62,7 @@ def worse_after(curve: budget.Curve, higher: bool) -> int | None:
     return int(curve.budgets[ok][int(np.argmax(g[: bad[0] + 1]))])
 
 
-def verdict(r: budget.Reduction) -> str:
+def verdict(r: reduction.Reduction) -> str:
     """ "n/a" (no target), "no interval", "none" (the interval contains 1) or "claim" (it excludes 1)."""
     if r.n_on is None:
         return "n/a"
@@ -95,7 +95,7 @@ def _paired_text(p: PairedDiff | None, metric: str) -> tuple[str, str]:
 
 
 def gate_answer(
-    key: ReductionKey, r: budget.Reduction, curves: dict[ReductionKey, budget.Curve], paired: list[PairedDiff]
+    key: ReductionKey, r: reduction.Reduction, curves: dict[ReductionKey, budget.Curve], paired: list[PairedDiff]
 ) -> tuple[str, str]:
     """(clause of the summary's sentence, line for the terminal) for one gate and setting."""
     metric, dataset, weights, gate, sampler, arm = key
@@ -131,7 +131,7 @@ def gate_answer(
 
 
 def headline_answer(
-    reductions: dict[ReductionKey, list[budget.Reduction]],
+    reductions: dict[ReductionKey, list[reduction.Reduction]],
     curves: dict[ReductionKey, budget.Curve],
     paired: list[PairedDiff],
     metric: str,

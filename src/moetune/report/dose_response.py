@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from moetune import contract
-from moetune.report import budget
+from moetune.report import reduction
 from moetune.report.analysis import trials_of
 from moetune.report.answer import headline_at
 from moetune.report.labels import GATE_LABELS
@@ -98,7 +98,7 @@ def points(sweep: Sweep, metric: str, *, resamples: int = 1000) -> list[DosePoin
             if (arm, base) == ("on", "off"):
                 trials_on = trials_of(on[0], sweep.selection, metric)
                 at = headline_at(trials_on.n)
-                r = budget.reduction_factor(
+                r = reduction.reduction_factor(
                     trials_on,
                     trials_of(arms["off"][0], sweep.selection, metric),
                     at=at,
@@ -126,7 +126,7 @@ def points(sweep: Sweep, metric: str, *, resamples: int = 1000) -> list[DosePoin
     return out
 
 
-def _factor(r: budget.Reduction | None) -> float:
+def _factor(r: reduction.Reduction | None) -> float:
     """The factor, or a censored factor's lower bound (reduction_censored says which); NaN without one."""
     value = None if r is None else (r.factor if r.factor is not None else r.lower_bound)
     return math.nan if value is None else float(value)

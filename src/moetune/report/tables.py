@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from moetune.contract import higher_is_better
-from moetune.report import budget, paired
+from moetune.report import budget, paired, reduction
 from moetune.report.analysis import (
     ARM_LABELS,
     ARM_ORDER,
@@ -138,14 +138,14 @@ def write_curves_csv(path: Path, results: list[GroupCurve]) -> None:
     )
 
 
-def write_reductions_csv(path: Path, reductions: dict[ReductionKey, list[budget.Reduction]]) -> None:
+def write_reductions_csv(path: Path, reductions: dict[ReductionKey, list[reduction.Reduction]]) -> None:
     """One row per (gate, dataset, weights, sampler, arm, metric, target). A censored row (the off-curve never
     reaches q) holds the lower bounds n_off = N_off and factor = N_off / n_arm; low/high may be inf."""
 
     def num(x: float | None) -> str:
         return "" if x is None or np.isnan(x) else repr(float(x))
 
-    def row(key: ReductionKey, r: budget.Reduction) -> list:
+    def row(key: ReductionKey, r: reduction.Reduction) -> list:
         metric, dataset, weights, gate, sampler, arm = key
         n_off = r.n_off_max if r.censored else r.n_off
         factor = r.lower_bound if r.censored else r.factor
@@ -199,7 +199,7 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
-def _reduction_table(reds_by_arm: dict[str, list[budget.Reduction]], sampler: str, level: float) -> list[str]:
+def _reduction_table(reds_by_arm: dict[str, list[reduction.Reduction]], sampler: str, level: float) -> list[str]:
     """Markdown table of one gate's reductions over "off", one row per arm and target budget."""
     lines = [
         f"Budget reduction factor over no local search ({SAMPLER_TEXT.get(sampler, sampler)}):",
