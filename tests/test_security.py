@@ -67,6 +67,18 @@ def test_a_password_in_the_uri_is_refused_and_never_shown(workdir):
     assert mlflow_access.redact("http://u:p@h:5000/x") == "http://u:***@h:5000/x"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Hydra writes .hydra/config.yaml before the driver's check refuses the URI: the refusal belongs in "
+    "a Hydra callback that runs first (cli/sweep.py CheckOutputFolder: mlflow_access.refuse_password_in_uri)",
+)
+def test_a_password_in_the_uri_is_refused_before_hydra_logs_the_config(workdir):
+    proc, _ = cli(workdir, {}, "sweep.name=db", "tracking.uri=postgresql+psycopg2://me:hunter2pw@127.0.0.1:1/x")
+    assert proc.returncode == 2
+    written = [p for p in workdir.rglob("*") if p.is_file() and b"hunter2pw" in p.read_bytes()]
+    assert written == []
+
+
 def test_a_database_uri_without_its_driver_is_one_line():
     with pytest.raises(ConfigError, match=r"tracking.uri 'mysql\+nodriver://u@127.0.0.1:1/x': "):
         mlflow_access.check_database("mysql+nodriver://u@127.0.0.1:1/x")
