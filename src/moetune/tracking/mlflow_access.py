@@ -64,7 +64,7 @@ def check_server(uri: str, experiment: str | None = None, writable: bool = False
     try:
         requests.get(base + "/health", timeout=TIMEOUT, verify=_verify()).raise_for_status()
     except (requests.RequestException, OSError) as exc:
-        reason = exc
+        reason: BaseException = exc
         while reason.__context__ is not None:  # requests wraps the socket's own error three deep
             reason = reason.__context__
         raise ConfigError(
