@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from moetune.errors import ConfigError
+from moetune.errors import ConfigError, first_line
 
 TIMEOUT = 5  # seconds per request or connection attempt
 DATABASES = ("postgresql", "mysql", "mssql", "oracle")  # MLflow's SQLAlchemy stores (sqlite is checked apart)
@@ -68,8 +68,7 @@ def check_server(uri: str, experiment: str | None = None, writable: bool = False
         while reason.__context__ is not None:  # requests wraps the socket's own error three deep
             reason = reason.__context__
         raise ConfigError(
-            f"tracking.uri {shown!r} is unreachable ({_first_line(reason)}); "
-            "start the MLflow server or set tracking.uri"
+            f"tracking.uri {shown!r} is unreachable ({first_line(reason)}); start the MLflow server or set tracking.uri"
         ) from None
     user, credentials = _login()
 
@@ -138,12 +137,12 @@ def check_database(uri: str) -> None:
         timeout = {"mssql": {"timeout": TIMEOUT}, "oracle": {}}.get(backend, {"connect_timeout": TIMEOUT})
         engine = create_engine(url, poolclass=NullPool, connect_args=timeout)
     except (ArgumentError, ImportError, ValueError) as exc:
-        raise ConfigError(f"tracking.uri {shown!r}: {_first_line(exc)}") from None
+        raise ConfigError(f"tracking.uri {shown!r}: {first_line(exc)}") from None
     try:
         with engine.connect():
             pass
     except SQLAlchemyError as exc:
-        detail = _first_line(getattr(exc, "orig", None) or exc)
+        detail = first_line(getattr(exc, "orig", None) or exc)
         if re.search(r"password|authentication|access denied|login failed", detail, re.IGNORECASE):
             where = "PGPASSWORD or a 0600 ~/.pgpass (PGPASSFILE)" if backend == "postgresql" else None
             fix = f"give the password in {where}" if where else "check the user and password"
@@ -153,7 +152,3 @@ def check_database(uri: str) -> None:
         ) from None
     finally:
         engine.dispose()
-
-
-def _first_line(exc: object) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
