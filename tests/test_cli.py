@@ -297,6 +297,10 @@ BAD_INPUTS = [
     (["local_search=on", "local_search.e_perm=50"], "exceeds train.max_epochs"),
     (["sampler._target_=optuna.samplers.NoSuchSampler"], "sampler: "),
     (["sampler._target_=collections.OrderedDict"], "is not an Optuna sampler"),
+    (["gate=expert_choice", "gate.params.capacity_factor=0"], "gate.params.capacity_factor must be positive"),
+    (["gate=xmoe", "gate.params.temperature=-1"], "gate.params.temperature must be positive"),
+    (["tuner.metric=val_nonsense"], "tuner.metric must be val_loss or val_<task>_<"),
+    (["tracking._target_=collections.OrderedDict"], "is not a moetune.tracking.Tracking"),
 ]
 
 

@@ -259,7 +259,7 @@ def check_study(config: StudyConfig) -> None:
     trial = config.for_trial()
     model, gate, ls, train = trial.model, trial.gate, trial.local_search, trial.train
     _require(
-        gate.name == "softmax" or gate.k <= model.n_experts,
+        gate.k <= model.n_experts,
         f"gate.k must be between 1 and model.n_experts={model.n_experts} (got k={gate.k})",
     )
     _require(

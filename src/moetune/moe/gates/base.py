@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from moetune.errors import ConfigError
+
 
 @dataclass
 class SlotRouting:
@@ -41,7 +43,9 @@ class Gate(nn.Module, abc.ABC):
     sample's routing depends on the rest of its batch, a row may have 0..n non-zeros and need not sum to 1,
     and evaluation runs in batches of the training batch size).
     Constructor arguments after (in_dim, n_experts) are the gate's config keys; unknown keys are rejected
-    by the registry before anything is built.
+    by the registry before anything is built, and the constructor checks its own keys' values
+    (``check_param``). A gate module needs nothing else: the report labels a gate without an entry in
+    moetune.report.labels.GATE_LABELS by its name.
     """
 
     sparse: bool = True
@@ -57,6 +61,13 @@ class Gate(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, routing_ids: torch.Tensor | None = None) -> GateOutput:
         """Mixture weights for a batch of routing inputs (and routing ids, for gates that use them)."""
+
+
+def check_param(ok: bool, key: str, must: str, value: object) -> None:
+    """A gate's own key, checked where the gate is built (on the driver first, before Ray starts): the
+    same one-line ConfigError the shared keys get."""
+    if not ok:
+        raise ConfigError(f"gate.params.{key} must be {must} (got {value!r})")
 
 
 def smooth_step(t: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -10,14 +10,12 @@ import math
 import torch
 from torch import nn
 
-from moetune.errors import ConfigError
-from moetune.moe.gates.base import Gate, GateOutput, entropy, smooth_step
+from moetune.moe.gates.base import Gate, GateOutput, check_param, entropy, smooth_step
 
 
 class DSelectKGate(Gate):
     def __init__(self, in_dim: int, n_experts: int, k: int = 2, gamma: float = 1.0, entropy_weight: float = 0.1):
-        if gamma <= 0:
-            raise ConfigError(f"dselect_k: gamma must be positive (got {gamma})")
+        check_param(gamma > 0, "gamma", "positive", gamma)
         super().__init__(in_dim, n_experts, k)
         self.gamma = gamma
         self.entropy_weight = entropy_weight

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from moetune.moe.gates.base import Gate, GateOutput
+from moetune.moe.gates.base import Gate, GateOutput, check_param
 
 
 class ExpertChoiceGate(Gate):
@@ -25,6 +25,9 @@ class ExpertChoiceGate(Gate):
 
     def __init__(self, in_dim: int, n_experts: int, k: int = 2, capacity_factor: float | None = None):
         super().__init__(in_dim, n_experts, k)
+        check_param(
+            capacity_factor is None or capacity_factor > 0, "capacity_factor", "positive or null", capacity_factor
+        )
         self.capacity_factor = float(k if capacity_factor is None else capacity_factor)
         self.linear = nn.Linear(in_dim, n_experts)
         nn.init.xavier_uniform_(self.linear.weight)

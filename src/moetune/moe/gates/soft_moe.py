@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moetune.errors import ConfigError
-from moetune.moe.gates.base import Gate, GateOutput, SlotRouting
+from moetune.moe.gates.base import Gate, GateOutput, SlotRouting, check_param
 
 
 class SoftMoEGate(Gate):
@@ -35,8 +34,7 @@ class SoftMoEGate(Gate):
 
     def __init__(self, in_dim: int, n_experts: int, k: int = 1, slots_per_expert: int = 1, normalize: bool = False):
         super().__init__(in_dim, n_experts, k)
-        if int(slots_per_expert) < 1:
-            raise ConfigError(f"soft_moe: slots_per_expert must be at least 1 (got {slots_per_expert})")
+        check_param(int(slots_per_expert) >= 1, "slots_per_expert", "at least 1", slots_per_expert)
         self.slots_per_expert = int(slots_per_expert)
         self.normalize = bool(normalize)
         self.phi = nn.Parameter(torch.randn(in_dim, n_experts * self.slots_per_expert) / in_dim**0.5)

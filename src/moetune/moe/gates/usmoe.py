@@ -18,8 +18,7 @@ evaluation batch, of train.batch_size samples (see Trainer.predict). `rate` is s
 import torch
 from torch import nn
 
-from moetune.errors import ConfigError
-from moetune.moe.gates.base import Gate, GateOutput
+from moetune.moe.gates.base import Gate, GateOutput, check_param
 
 
 class USMoEGate(Gate):
@@ -27,8 +26,7 @@ class USMoEGate(Gate):
 
     def __init__(self, in_dim: int, n_experts: int, k: int = 2, rate: float = 0.5):
         super().__init__(in_dim, n_experts, k)
-        if not 0.0 <= float(rate) <= 1.0:
-            raise ConfigError(f"usmoe: rate must be in [0, 1] (got {rate})")
+        check_param(0.0 <= float(rate) <= 1.0, "rate", "in [0, 1]", rate)
         self.rate = float(rate)
         self.linear = nn.Linear(in_dim, n_experts)
         nn.init.xavier_uniform_(self.linear.weight)

@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moetune.moe.gates.base import Gate, GateOutput
+from moetune.moe.gates.base import Gate, GateOutput, check_param
 
 
 class XMoEGate(Gate):
     def __init__(self, in_dim: int, n_experts: int, k: int = 2, routing_dim: int = 16, temperature: float = 0.07):
         super().__init__(in_dim, n_experts, k)
+        check_param(int(routing_dim) >= 1, "routing_dim", "at least 1", routing_dim)
+        check_param(temperature > 0, "temperature", "positive", temperature)
         self.projection = nn.Linear(in_dim, routing_dim, bias=False)
         self.expert_embeddings = nn.Parameter(torch.empty(n_experts, routing_dim))
         nn.init.orthogonal_(self.expert_embeddings, gain=0.32)
