@@ -174,6 +174,7 @@ def render_matplotlib(spec: FigureSpec, png: Path, svg: Path) -> None:
             ax.legend(fontsize="small")
     fig.suptitle(spec.title, fontsize="medium")
     fig.savefig(png, dpi=120)
+    fig.set_layout_engine("none")  # the SVG keeps the layout the PNG's save computed: nearly half a save less
     fig.savefig(svg)
 
 

@@ -82,4 +82,5 @@ def render(metric: str, paired: list[PairedDiff], png: Path, svg: Path) -> None:
         fontsize="medium",
     )
     fig.savefig(png, dpi=120)
+    fig.set_layout_engine("none")  # the SVG keeps the layout the PNG's save computed
     fig.savefig(svg)
