@@ -94,6 +94,13 @@ class Stack:
         self.stranger = server.add_user("stranger")
         self.reader = server.add_user("reader")
         self.refusals: list[str] = []
+        self.granted = False
+
+    def read_only(self, experiment_id: str) -> None:
+        """``reader`` gets READ on the experiment (once: a second grant of the same is an error)."""
+        if not self.granted:
+            self.server.grant("reader", experiment_id, "READ")
+            self.granted = True
 
     @staticmethod
     def auth(env: dict[str, str]) -> tuple[str, str]:
@@ -213,7 +220,7 @@ def test_a_stranger_can_neither_read_nor_delete_nor_take_the_lock(stack, swept, 
 @needs_postgres
 def test_a_reader_cannot_sweep(stack, swept, tmp_path):
     experiment_id, _, _ = swept
-    stack.server.grant("reader", experiment_id, "READ")
+    stack.read_only(experiment_id)
     admin = stack.server.admin
     before = len(
         stack.call("POST", "/api/2.0/mlflow/runs/search", admin, experiment_ids=[experiment_id]).json()["runs"]
@@ -245,7 +252,7 @@ def test_a_reader_cannot_sweep(stack, swept, tmp_path):
 )
 def test_a_reader_can_export(stack, swept, tmp_path):
     experiment_id, _, _ = swept
-    stack.server.grant("reader", experiment_id, "READ")
+    stack.read_only(experiment_id)
     env = {k: v for k, v in os.environ.items() if k not in LOGIN} | stack.reader
     export = subprocess.run(
         [
