@@ -178,6 +178,39 @@ class TunerConfig:
         return "max" if higher_is_better(self.metric) else "min"
 
 
+SCHEDULERS = ("none", "asha", "hyperband")
+
+
+@dataclass
+class SchedulerConfig:
+    """Multi-fidelity tuning inside a study: which Optuna pruner decides, at each epoch's end, whether a trial
+    goes on (moetune.tuning.scheduler). none: every trial trains to its own end (early stopping only);
+    asha: optuna.pruners.SuccessiveHalvingPruner (asynchronous successive halving); hyperband:
+    optuna.pruners.HyperbandPruner (brackets of successive halving). A stopped trial restores its best epoch,
+    reports its final metrics there and counts in the budget with the epochs it ran (contract.Outcome.PRUNED)."""
+
+    name: str = "none"  # none | asha | hyperband
+    min_resource: int = 1  # the grace period: epochs before a trial's first rung
+    reduction_factor: int = 3  # about 1/reduction_factor of the trials at a rung go on to the next
+    max_resource: int | None = None  # hyperband's maximum epochs (its brackets); null: train.max_epochs
+
+    def __post_init__(self) -> None:
+        _one_of("scheduler", self.name, SCHEDULERS)
+        _require(self.min_resource >= 1, f"scheduler.min_resource must be at least 1 (got {self.min_resource})")
+        _require(
+            self.reduction_factor >= 2, f"scheduler.reduction_factor must be at least 2 (got {self.reduction_factor})"
+        )
+        _require(
+            self.max_resource is None or self.max_resource >= self.min_resource,
+            f"scheduler.max_resource must be at least scheduler.min_resource={self.min_resource} "
+            f"(got {self.max_resource}); or null for train.max_epochs",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
+
 def weights_label(task_weights: list[float] | None) -> str:
     """How a study's task weighting reads in its key and tags: "equal" or "0.1_0.9"."""
     return "equal" if not task_weights else "_".join(f"{float(w):g}" for w in task_weights)
@@ -221,6 +254,7 @@ class StudyConfig:
     search_space: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=lambda: {"_target_": "optuna.samplers.RandomSampler", "seed": 0})
     tuner: TunerConfig = field(default_factory=TunerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # a free ``_target_`` node: the backend's class and its own keys (conf/tracking/<name>.yaml); built with
     # ``experiment`` = the sweep's name, the one key every backend takes (moetune.tracking.Tracking)
     tracking: dict[str, Any] = field(default_factory=dict)
@@ -271,6 +305,17 @@ def check_study(config: StudyConfig) -> None:
         not ls.enabled or ls.e_perm <= train.max_epochs,
         f"local_search.e_perm={ls.e_perm} exceeds train.max_epochs={train.max_epochs}; "
         "lower e_perm or raise max_epochs",
+    )
+    scheduler = config.scheduler
+    _require(
+        not scheduler.enabled or scheduler.min_resource < train.max_epochs,
+        f"scheduler.min_resource={scheduler.min_resource} must be below train.max_epochs={train.max_epochs} "
+        "(no trial could be stopped); lower it or use scheduler=none",
+    )
+    _require(
+        not scheduler.enabled or scheduler.max_resource is None or scheduler.max_resource <= train.max_epochs,
+        f"scheduler.max_resource={scheduler.max_resource} exceeds train.max_epochs={train.max_epochs}; "
+        "lower it or set it to null",
     )
 
 

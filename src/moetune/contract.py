@@ -12,8 +12,9 @@ tuner's selection metric also at the top level, where Tune's own logs (progress.
 the driver reads the report back with ``parse_report``.
 
 From what Tune saw, the driver decides one ``Outcome`` per trial: FINISHED (its final report came),
+PRUNED (its final report came, and says the study's scheduler stopped it: diagnostics ``STOPPED_AT``),
 FAILED (it raised; the error's message is kept) or STOPPED (it ended without a final report: an
-interrupt today, a scheduler's early stop later). One callback records each outcome once.
+interrupt, Ctrl-C or a signal; re-run on resume). One callback records each outcome once.
 
 Also here, because the trainer and the report must agree on them: the table of task kinds (the
 loss, the metric and the metric's direction of each) and the names of the metrics.
@@ -85,6 +86,7 @@ INIT_DIGEST = "init_digest"  # fingerprint of the trial's initial weights: paire
 PERMUTATION = "permutation"  # the learned permutation of an arm with a permutation phase
 NODE = "node"  # the Ray node a trial ran on
 WEIGHTS_ERROR = "weights_error"  # why a finished trial's weights were not saved (train.save_weights)
+STOPPED_AT = "stopped_at_epoch"  # the epoch after which the study's scheduler (ASHA, Hyperband) stopped the trial
 ACTIVE_EXPERTS_PER_TASK = "active_experts_per_task"
 EXPERT_LOAD_PER_TASK = "expert_load_per_task"
 PHASE = "phase"  # the permutation phase's metrics (PERM_METRICS), copied into the final metrics
@@ -93,6 +95,7 @@ DIAGNOSTICS = (
     PERMUTATION,
     NODE,
     WEIGHTS_ERROR,
+    STOPPED_AT,
     ACTIVE_EXPERTS,
     ACTIVE_EXPERTS_PER_TASK,
     EXPERT_LOAD_PER_TASK,
@@ -162,15 +165,34 @@ def parse_report(result: dict[str, Any] | None) -> EpochReport | FinalReport | N
 
 
 class Outcome(str, enum.Enum):
-    """How a trial ended; FINISHED and FAILED trials count in the budget, STOPPED ones are re-run."""
+    """How a trial ended. FINISHED, PRUNED and FAILED trials count in the budget and are never re-run;
+    STOPPED ones (interrupted) are re-run on resume.
+
+    - FINISHED: trained to its end (train.max_epochs or early stopping) and sent its final report;
+    - PRUNED: the study's scheduler stopped it at a rung (moetune.tuning.scheduler); it still sent its final
+      report, at its best epoch so far, with ``STOPPED_AT`` in its diagnostics. It is recorded as a finished
+      run (status FINISHED, tag moetune.outcome=stopped) and counts with the epochs it ran;
+    - FAILED: it raised (the error's message is kept);
+    - STOPPED: it ended without a final report (Ctrl-C, a signal, kill): an interrupted attempt, not a result.
+    """
 
     FINISHED = "FINISHED"
+    PRUNED = "PRUNED"
     FAILED = "FAILED"
     STOPPED = "STOPPED"
 
+    @property
+    def status(self) -> str:
+        """The run status a tracking store keeps: a PRUNED trial is a finished run (its tag says stopped)."""
+        return "FINISHED" if self is Outcome.PRUNED else self.value
+
 
 def outcome_of(last_result: dict[str, Any] | None, error: str | None = None) -> Outcome:
-    """The one rule: an error makes a trial FAILED, a final report FINISHED, anything else STOPPED."""
+    """The one rule: an error makes a trial FAILED, a final report FINISHED (PRUNED when it says the
+    scheduler stopped it), anything else STOPPED."""
     if error is not None:
         return Outcome.FAILED
-    return Outcome.FINISHED if isinstance(parse_report(last_result), FinalReport) else Outcome.STOPPED
+    report = parse_report(last_result)
+    if not isinstance(report, FinalReport):
+        return Outcome.STOPPED
+    return Outcome.PRUNED if report.diagnostics.get(STOPPED_AT) is not None else Outcome.FINISHED

@@ -51,12 +51,16 @@ class RecordedStudy:
 
 @dataclass
 class LedgerEntry:
-    """A trial that counts in its study's budget: ended FINISHED or FAILED (cut-off attempts are not kept)."""
+    """A trial that counts in its study's budget: ended FINISHED or FAILED (cut-off attempts are not kept);
+    a trial the scheduler stopped is FINISHED (its tag moetune.outcome says stopped)."""
 
     number: int
     status: str  # FINISHED | FAILED
     sampled: dict  # the sampler's own values for the trial (JSON), to rebuild the sampler's history on resume
     metrics: dict[str, float]
+    # its per-epoch values of the tuner's metric, {epoch: value}: filled by ``StudyRecord.ledger_epochs`` only
+    # (a study with a scheduler rebuilds its rungs from them on resume)
+    epochs: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +81,18 @@ class StudyRecord(abc.ABC):
     def ledger(self) -> list[LedgerEntry]:
         """The trials that ended FINISHED or FAILED, by number."""
 
+    def ledger_epochs(self, metric: str) -> list[LedgerEntry]:
+        """The ledger with each entry's per-epoch values of ``metric`` (``LedgerEntry.epochs``), read back
+        for a study with a scheduler (scheduler=asha|hyperband) to rebuild its rungs on resume. A backend
+        that cannot read them back refuses a non-empty ledger (one line) rather than rebuild rungs wrongly."""
+        entries = self.ledger()
+        if entries:
+            raise ConfigError(
+                f"the {type(self).__name__} tracking backend cannot read trials' per-epoch {metric} back to "
+                "resume a study with a scheduler; use tracking=mlflow or scheduler=none"
+            )
+        return entries
+
     @abc.abstractmethod
     def start_trial(self, number: int, params: dict, sampled: dict, tuner_trial_id: str) -> None:
         """Open trial ``number``'s record before it runs: its parameters (as logged) and sampled values."""
@@ -88,8 +104,9 @@ class StudyRecord(abc.ABC):
     def end_trial(
         self, number: int, outcome: Outcome, final: FinalReport | None = None, error: str | None = None
     ) -> None:
-        """Close the trial's record with its outcome; FINISHED carries the final report, FAILED the error,
-        STOPPED leaves it open for ``close`` (an interrupted attempt, run again on resume)."""
+        """Close the trial's record with its outcome; FINISHED and PRUNED carry the final report (a PRUNED
+        trial is closed as finished, with tag moetune.outcome=stopped), FAILED the error, STOPPED leaves it
+        open for ``close`` (an interrupted attempt, run again on resume)."""
 
     def log_weights(self, number: int, data: bytes) -> None:
         """Keep trial ``number``'s best weights (a torch.save'd state dict) with its record (train.save_weights);

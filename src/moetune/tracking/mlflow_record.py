@@ -77,6 +77,14 @@ class MlflowStudyRecord(StudyRecord):
     def ledger(self) -> list[LedgerEntry]:
         return list(self._ledger)
 
+    def ledger_epochs(self, metric: str) -> list[LedgerEntry]:
+        """The ledger with each trial's per-epoch ``metric`` (logged by ``log_epoch``, step = epoch): one
+        metric-history query per recorded trial (MLflow's client has no query across runs)."""
+        for entry in self._ledger:
+            history = self.client.get_metric_history(self.runs[entry.number], metric)
+            entry.epochs = {int(m.step): float(m.value) for m in history if m.step >= 1}
+        return list(self._ledger)
+
     def _open(self, number: int) -> bool:
         return number in self.runs and self.status.get(number) not in DONE
 
@@ -118,13 +126,15 @@ class MlflowStudyRecord(StudyRecord):
     def end_trial(
         self, number: int, outcome: Outcome, final: FinalReport | None = None, error: str | None = None
     ) -> None:
-        """FINISHED: final metrics, permutation and init tags, diagnostics.json. FAILED: the error as a tag.
-        STOPPED: the run stays open until ``close`` marks it KILLED (it is re-run on resume)."""
+        """FINISHED and PRUNED: final metrics, permutation and init tags, diagnostics.json; a PRUNED run ends
+        FINISHED with the epoch it stopped at (tag). FAILED: the error as a tag. Each gets its outcome tag
+        (finished, stopped, failed). STOPPED: the run stays open until ``close`` marks it KILLED (it is re-run
+        on resume)."""
         if not self._open(number) or outcome is Outcome.STOPPED:
             return
         self._flush(number)
         run_id = self.runs[number]
-        if outcome is Outcome.FINISHED:
+        if outcome in (Outcome.FINISHED, Outcome.PRUNED):
             assert final is not None
             now = int(time.time() * 1000)
             diagnostics = final.diagnostics
@@ -139,13 +149,16 @@ class MlflowStudyRecord(StudyRecord):
                 tags.append(RunTag(T.NODE, str(diagnostics[contract.NODE])))
             if contract.WEIGHTS_ERROR in diagnostics:
                 tags.append(RunTag(T.WEIGHTS_ERROR, clean(diagnostics[contract.WEIGHTS_ERROR])))
+            if outcome is Outcome.PRUNED:
+                tags.append(RunTag(T.STOPPED_AT, str(diagnostics.get(contract.STOPPED_AT))))
+            tags.append(RunTag(T.OUTCOME, T.OUTCOME_STOPPED if outcome is Outcome.PRUNED else T.OUTCOME_FINISHED))
             metrics = [Metric(k, float(v), now, 0) for k, v in final.metrics.items()]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
             self.client.log_dict(run_id, diagnostics, "diagnostics.json")
         else:
-            self.client.set_tag(run_id, T.ERROR, clean(error))
-        self.client.set_terminated(run_id, outcome.value)
-        self.status[number] = outcome.value
+            self.client.log_batch(run_id, tags=[RunTag(T.ERROR, clean(error)), RunTag(T.OUTCOME, T.OUTCOME_FAILED)])
+        self.client.set_terminated(run_id, outcome.status)
+        self.status[number] = outcome.status
 
     def log_weights(self, number: int, data: bytes) -> None:
         run_id = self.runs[number]

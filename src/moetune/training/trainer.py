@@ -36,6 +36,7 @@ class TrainResult:
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
     train_samples_per_second: float = 0.0  # training steps only: what the gate and experts cost to train
+    stopped_at: int | None = None  # the epoch after which on_epoch asked to stop (a scheduler's rung), if it did
 
     def final_metrics(self) -> dict[str, float]:
         """The final metrics of the trial-report contract: best_val_*, test_*, timings, active experts."""
@@ -100,7 +101,8 @@ def task_losses(
 
 
 class Trainer:
-    """Fits one MMoE on one dataset. on_epoch(epoch, metrics) is called after each epoch (e.g. to report to Tune)."""
+    """Fits one MMoE on one dataset. on_epoch(epoch, metrics) is called after each epoch (e.g. to report to Tune);
+    a true return stops training after that epoch (a scheduler's decision), as early stopping does."""
 
     def __init__(
         self,
@@ -129,7 +131,7 @@ class Trainer:
         self.task_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.splits = {name: split.to(self.device) for name, split in data.splits.items()}
 
-    def fit(self, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    def fit(self, on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None) -> TrainResult:
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         cfg, model = self.cfg, self.model
         # fused: the same Adam update (dense moments, every parameter every step) in one kernel per step
@@ -143,6 +145,7 @@ class Trainer:
         phase: dict[str, float] = {}
         history = []
         step_seconds, step_samples, perm_steps = 0.0, 0, 0
+        stopped_at: int | None = None
         for epoch in range(1, cfg.max_epochs + 1):
             model.train()
             epoch_start = time.perf_counter()
@@ -174,8 +177,7 @@ class Trainer:
             if not math.isfinite(metrics[contract.VAL_LOSS]):
                 raise TrainingDivergedError(epoch, "non-finite validation loss")
             history.append({"epoch": epoch, **metrics})
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
+            stop = on_epoch(epoch, metrics) if on_epoch is not None else None
             if metrics[contract.VAL_LOSS] < best_loss:
                 best_loss, best_epoch, stale = metrics[contract.VAL_LOSS], epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -183,6 +185,9 @@ class Trainer:
                 stale += 1
                 if stale >= cfg.patience:
                     break
+            if stop and epoch < cfg.max_epochs:  # after this epoch counted for the best one (restored below)
+                stopped_at = epoch
+                break
         if ls is not None and not phase:  # stopped early, inside the phase
             phase = self.phase_report(perm_steps)
         model.load_state_dict(best_state)
@@ -197,6 +202,7 @@ class Trainer:
             diagnostics=self.diagnostics("test"),
         )
         result.diagnostics[contract.PHASE] = phase
+        result.stopped_at = stopped_at
         result.wall_seconds = time.perf_counter() - start_wall
         result.cpu_seconds = time.process_time() - start_cpu
         result.train_samples_per_second = step_samples / max(step_seconds, 1e-9)

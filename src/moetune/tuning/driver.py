@@ -28,6 +28,7 @@ from moetune.tuning.callback import RecordingCallback, SweepSearcher, live
 from moetune.tuning.planning import PlannedStudy, check_sweep, study_tags
 from moetune.tuning.progress import StudyProgress, SweepProgress
 from moetune.tuning.ray_runtime import check_fits, check_ray_address, local_resources, start_ray
+from moetune.tuning.scheduler import RungsSpec, epoch_history, start_rungs
 from moetune.tuning.searcher import StudySampler
 from moetune.tuning.signals import StopSignals
 from moetune.tuning.trial import NUMBER, STUDY, run_trial
@@ -47,7 +48,9 @@ class LiveStudy:
 
     def __init__(self, plan: PlannedStudy, record: StudyRecord):
         self.plan, self.config, self.record = plan, plan.config, record
-        ledger = record.ledger()
+        # with a scheduler, the recorded trials' per-epoch values too: its rungs are rebuilt from them
+        ledger = record.ledger_epochs(self.config.tuner.metric) if self.config.scheduler.enabled else record.ledger()
+        self.history = epoch_history(ledger)
         self.sampler = StudySampler(plan.config, plan.space)
         self.sampler.replay(ledger)
         done = {entry.number for entry in ledger}
@@ -64,6 +67,17 @@ class LiveStudy:
             failed=failed,
             best=best,
             done_at_start=len(done),
+        )
+
+    def rungs_spec(self) -> RungsSpec:
+        """What the scheduler's actor builds this study's pruner from (moetune.tuning.scheduler)."""
+        return RungsSpec(
+            key=self.plan.key,
+            direction="minimize" if self.config.tuner.mode == "min" else "maximize",
+            scheduler=self.config.scheduler,
+            max_epochs=self.config.train.max_epochs,
+            n_trials=self.config.tuner.n_trials,
+            history=self.history,
         )
 
     @property
@@ -113,14 +127,15 @@ class Driver:
             study.record.log_epoch(number, report)
 
     def on_trial_end(self, trial_id: str, last_result: dict | None, error: str | None) -> None:
-        """Record the trial's one outcome; a STOPPED one (interrupted) stays open and is closed KILLED."""
+        """Record the trial's one outcome; a STOPPED one (interrupted) stays open and is closed KILLED. A
+        PRUNED one (its scheduler stopped it, and it sent its final report) is recorded like a FINISHED one."""
         if trial_id not in self.attempts:
             return
         study, number = self.attempts.pop(trial_id)
         outcome = outcome_of(last_result, error)
         if outcome is Outcome.STOPPED:
             return
-        final = parse_report(last_result) if outcome is Outcome.FINISHED else None
+        final = parse_report(last_result) if outcome in (Outcome.FINISHED, Outcome.PRUNED) else None
         final = final if isinstance(final, FinalReport) else None
         if study.config.train.save_weights:
             self._keep_weights(study, number, final)
@@ -203,11 +218,14 @@ def _fit(studies: list[LiveStudy], first: StudyConfig, sweep_dir: Path, signals:
         if study.plan.init_source and study.todo:
             print(f"[{study.plan.key}] experts upcycled from {study.plan.init_source}", flush=True)
     inbox = WeightsInbox.remote() if any(s.config.train.save_weights for s in studies) else None
+    # the scheduler's rungs, rebuilt from the ledger before any trial starts (studies with scheduler=asha|hyperband)
+    rungs = start_rungs([s.rungs_spec() for s in studies if s.config.scheduler.enabled])
     driver = Driver(studies, inbox)
     inits = {s.plan.key: s.plan.init_state for s in studies if s.plan.init_state is not None}
+    scheduled = {"rungs": rungs} if rungs is not None else {}
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, studies={s.plan.key: s.config for s in studies}, inits=inits or None, inbox=inbox
+            run_trial, studies={s.plan.key: s.config for s in studies}, inits=inits or None, inbox=inbox, **scheduled
         ),
         {"cpu": tuner_cfg.cpus_per_trial, "gpu": tuner_cfg.gpus_per_trial},
     )

@@ -143,7 +143,7 @@ def check_sweep(plans: list[PlannedStudy]) -> None:
 
 def study_tags(config: StudyConfig) -> dict[str, str]:
     """What a study's record is found and grouped by (moetune.tracking.tags), and how its trials were ranked."""
-    return {
+    tags = {
         T.GATE: config.gate.name,
         T.LOCAL_SEARCH: config.local_search.name,
         T.DATASET: config.dataset["name"],
@@ -155,3 +155,6 @@ def study_tags(config: StudyConfig) -> dict[str, str]:
         T.SELECTION_METRIC: config.tuner.selection,
         T.SELECTION_MODE: config.tuner.mode,
     }
+    if config.scheduler.enabled:
+        tags[T.SCHEDULER] = config.scheduler.name
+    return tags

@@ -1,0 +1,132 @@
+"""Multi-fidelity tuning (scheduler=asha|hyperband): Optuna's pruners per study, a stopped trial's outcome,
+and the pruner's state rebuilt from the ledger on resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from moetune.config import (
+    GateConfig,
+    LocalSearchConfig,
+    ModelConfig,
+    SchedulerConfig,
+    StudyConfig,
+    TrainConfig,
+    check_study,
+)
+from moetune.contract import STOPPED_AT, FinalReport, Outcome, outcome_of
+from moetune.errors import ConfigError
+from moetune.training import Trainer
+from moetune.tuning.scheduler import RungsSpec, StudyRungs
+
+from conftest import tabular_data
+
+SCHEDULERS = {
+    "asha": SchedulerConfig("asha", min_resource=1, reduction_factor=3),
+    "hyperband": SchedulerConfig("hyperband", min_resource=1, reduction_factor=2),
+}
+
+
+def _curves(n: int, epochs: int, seed: int) -> dict[int, list[float]]:
+    """Decreasing validation losses, one curve per trial number, of different levels."""
+    rng = random.Random(seed)
+    curves = {}
+    for number in range(n):
+        level, drop = rng.uniform(0.5, 1.5), rng.uniform(0.05, 0.3)
+        curves[number] = [level + drop / e + rng.uniform(0, 0.02) for e in range(1, epochs + 1)]
+    return curves
+
+
+def _live(spec: RungsSpec, curves: dict[int, list[float]], concurrency: int, seed: int):
+    """A live study: ``concurrency`` trials at a time, interleaved at random; a stopped trial reports no more.
+    Returns the rungs and each trial's per-epoch values as the ledger keeps them."""
+    rungs = StudyRungs(spec)
+    rng = random.Random(seed)
+    todo, running, history = list(curves), {}, {}
+    while todo or running:
+        while todo and len(running) < concurrency:
+            number = todo.pop(0)
+            running[number], history[number] = 0, {}
+        number = rng.choice(sorted(running))
+        epoch = running[number] + 1
+        value = curves[number][epoch - 1]
+        history[number][epoch] = value
+        stop = rungs.report(number, epoch, value)
+        running[number] = epoch
+        if (stop and epoch < spec.max_epochs) or epoch == spec.max_epochs:
+            del running[number]
+    return rungs, history
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_rungs_rebuilt_from_a_ledger_equal_the_live_ones(name):
+    """A pruner rebuilt from the recorded trials' per-epoch values holds the same rung values as the one that
+    saw them live (interleaved, in another order), so it gives a new trial the same answers."""
+    epochs, n = 9, 14
+    spec = RungsSpec("topk-ls_off-synthetic-seed0", "minimize", SCHEDULERS[name], epochs, n_trials=n)
+    curves = _curves(n, epochs, seed=1)
+    live, history = _live(spec, curves, concurrency=3, seed=2)
+    stopped = [k for k, h in history.items() if len(h) < epochs]
+    assert stopped and len(stopped) < n, "the live study should stop some trials, not all"
+    rebuilt = StudyRungs(dataclasses.replace(spec, history=history))
+    assert rebuilt.rung_values() == live.rung_values()
+    answers: dict[str, list[list[bool]]] = {"live": [], "rebuilt": []}
+    for i, level in enumerate((0.4, 0.9, 1.2, 1.6, 1.0, 0.7)):  # new trials n, n+1, ..., good and bad
+        for label, rungs in (("live", live), ("rebuilt", rebuilt)):
+            answers[label].append([rungs.report(n + i, e, level + 0.1 / e) for e in range(1, epochs + 1)])
+    assert answers["live"] == answers["rebuilt"]
+    assert any(any(a) for a in answers["live"]) and not all(any(a) for a in answers["live"])
+    assert rebuilt.rung_values() == live.rung_values()
+
+
+def test_rungs_are_per_study_and_numbered_as_moetune_numbers():
+    spec = RungsSpec("hash-ls_on-synthetic-seed0", "minimize", SCHEDULERS["hyperband"], 9, n_trials=4)
+    rungs = StudyRungs(dataclasses.replace(spec, history={6: {1: 0.5, 2: 0.4}}))  # a number past n_trials
+    assert [rungs.trials[k].number for k in range(7)] == list(range(7))
+    assert rungs.rung_values()[6]["completed_rung_0"] == 0.5
+
+
+def test_a_final_report_with_stopped_at_is_pruned_and_counts_as_finished():
+    stopped = FinalReport({"best_val_loss": 0.5}, {STOPPED_AT: 3}).to_tune("val_loss")
+    finished = FinalReport({"best_val_loss": 0.5}, {}).to_tune("val_loss")
+    assert outcome_of(stopped) is Outcome.PRUNED and Outcome.PRUNED.status == "FINISHED"
+    assert outcome_of(finished) is Outcome.FINISHED
+    assert outcome_of(stopped, "boom") is Outcome.FAILED
+    assert outcome_of({"report": "epoch", "epoch": 2, "metrics": {}, "val_loss": 1.0}) is Outcome.STOPPED
+
+
+def test_scheduler_config_is_checked():
+    with pytest.raises(ConfigError, match="scheduler must be one of none, asha, hyperband"):
+        SchedulerConfig("median")
+    with pytest.raises(ConfigError, match="reduction_factor must be at least 2"):
+        SchedulerConfig("asha", reduction_factor=1)
+    config = StudyConfig(train=TrainConfig(max_epochs=3), scheduler=SchedulerConfig("asha", min_resource=3))
+    with pytest.raises(ConfigError, match="min_resource=3 must be below train.max_epochs=3"):
+        check_study(config)
+    config = StudyConfig(train=TrainConfig(max_epochs=3), scheduler=SchedulerConfig("hyperband", max_resource=5))
+    with pytest.raises(ConfigError, match="max_resource=5 exceeds train.max_epochs=3"):
+        check_study(config)
+    check_study(StudyConfig(train=TrainConfig(max_epochs=3), scheduler=SchedulerConfig("asha", min_resource=2)))
+
+
+def test_the_trainer_stops_when_on_epoch_says_so_and_restores_its_best_epoch():
+    model = ModelConfig(
+        n_experts=4, expert_hidden=[8], expert_dropout=0.0, embed_dim=4, dense_hidden=[8], head_hidden=[8]
+    )
+    train = TrainConfig(max_epochs=6, patience=6, device="cpu", seed=3)
+
+    def fit(stop_after: int | None):
+        trainer = Trainer(tabular_data(), model, GateConfig("topk", 2), LocalSearchConfig(), train)
+        return trainer.fit(on_epoch=lambda epoch, metrics: stop_after is not None and epoch >= stop_after)
+
+    full, stopped, last = fit(None), fit(3), fit(6)
+    assert full.stopped_at is None and full.epochs_run == 6
+    assert stopped.stopped_at == 3 and stopped.epochs_run == 3
+    assert stopped.history == full.history[:3]  # the same run until it stopped
+    best = min(range(3), key=lambda i: full.history[i]["val_loss"])
+    assert stopped.best_epoch == best + 1
+    assert stopped.val["val_loss"] == pytest.approx(full.history[best]["val_loss"], rel=1e-5)
+    assert last.stopped_at is None and last.epochs_run == 6  # asked to stop at the last epoch: it finished
