@@ -60,8 +60,8 @@ def run_job(cfg: DictConfig) -> None:
 
 
 class CheckOutputFolder(HydraCallback):
-    """Before Hydra creates the output folder (and writes its config there): an unwritable one is one
-    line and exit 2, not a traceback."""
+    """Before Hydra creates the output folder (and writes its config there): an unwritable one, or a
+    tracking.uri carrying a password, is one line and exit 2, not a traceback or a logged secret."""
 
     @staticmethod
     def _check(folder: Path) -> None:
@@ -77,10 +77,25 @@ class CheckOutputFolder(HydraCallback):
             )
             sys.exit(2)
 
+    @staticmethod
+    def _no_password(config: DictConfig) -> None:
+        """A password in tracking.uri would be logged with the config Hydra writes next: refused first."""
+        from moetune.tracking.mlflow_access import refuse_password_in_uri
+
+        uri = config.get("tracking", {}).get("uri")
+        if isinstance(uri, str):
+            try:
+                refuse_password_in_uri(uri)
+            except MoetuneError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(2)
+
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._no_password(config)
         self._check(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._no_password(config)
         self._check(Path(config.hydra.sweep.dir))
 
 

@@ -31,6 +31,7 @@ class Export:
     metric: str
     experiment_id: str
     browse_hint: str  # where to browse the sweep (the tracking backend says)
+    note: str | None = None  # why the files were not kept with the sweep, when they were not
 
     @property
     def folder(self) -> Path:
@@ -94,6 +95,7 @@ def export_sweep(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = {name: out / name for name in names}
+    note = None
     if log_export:
         params = {
             "metrics": ",".join(metrics),
@@ -103,14 +105,16 @@ def export_sweep(
             "level": str(level),
             "filters": ",".join(f"{k}={v}" for k, v in sweep.filters.items()) or "-",
         }
-        tracking.log_export(list(files.values()), params)
+        note = tracking.log_export(list(files.values()), params)
     hint = tracking.browse_hint(sweep.experiment_id)
-    return Export(files, analysis.answer, analysis.lines, analysis.headline, sweep.experiment_id, hint)
+    return Export(files, analysis.answer, analysis.lines, analysis.headline, sweep.experiment_id, hint, note)
 
 
 def print_answer(export: Export) -> None:
     """What a user reads at the end of a sweep or an export: where the files are and the answer per gate."""
     print(f"export: {export.folder.resolve()} (summary.md, curves, figures, budget_curves.html)")
+    if export.note:
+        print(f"  the files are {export.note}")
     if not export.lines:
         print(f"  {export.answer}")
     for line in export.lines:

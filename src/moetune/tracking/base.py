@@ -166,8 +166,9 @@ class Tracking(abc.ABC):
         """Every study of the sweep and its FINISHED and FAILED trials, in trial order."""
 
     @abc.abstractmethod
-    def log_export(self, files: list[Path], params: dict[str, str]) -> None:
-        """Keep the report's files with the sweep (replacing an earlier export)."""
+    def log_export(self, files: list[Path], params: dict[str, str]) -> str | None:
+        """Keep the report's files with the sweep (replacing an earlier export); or a note saying why they
+        are not kept there (e.g. the user may only read the sweep), the files staying on disk."""
 
     def load_weights(self, run_id: str) -> tuple[bytes, str]:
         """The saved weights a run names (model.init_from): a trial's own, or a study's best finished trial's

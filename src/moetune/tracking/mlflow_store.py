@@ -148,12 +148,18 @@ class MlflowTracking(Tracking):
         record.log_study(search_space, config_yaml)
         return record
 
-    def log_export(self, files: list[Path], params: dict[str, str]) -> None:
-        """Log the files on a new export run, then delete the experiment's older export runs: one per experiment."""
+    def log_export(self, files: list[Path], params: dict[str, str]) -> str | None:
+        """Log the files on a new export run, then delete the experiment's older export runs: one per experiment.
+        A user who may only read the sweep (a server's READ permission) keeps the files on disk: a note says so."""
         exp = self._experiment()
         old = self._runs(exp.experiment_id, f"tags.`{T.ROLE}` = '{T.EXPORT}'")
         tags = {T.ROLE: T.EXPORT, T.SWEEP: self.experiment}
-        run = self.client.create_run(exp.experiment_id, run_name="export", tags=tags)
+        try:
+            run = self.client.create_run(exp.experiment_id, run_name="export", tags=tags)
+        except MlflowException as exc:
+            if exc.error_code != "PERMISSION_DENIED":
+                raise
+            return f"not kept with the sweep in {self.uri}: this user may only read it ({first_line(exc)})"
         try:
             self.client.log_batch(run.info.run_id, params=[Param(k, clean(v)) for k, v in params.items()])
             for path in files:
@@ -164,6 +170,7 @@ class MlflowTracking(Tracking):
         self.client.set_terminated(run.info.run_id, "FINISHED")
         for previous in old:
             self.client.delete_run(previous.info.run_id)
+        return None
 
     # ------------------------------------------------------------ reading
 
