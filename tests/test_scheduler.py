@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import signal
+import time
 
 import pytest
+from mlflow.entities import Run
+from test_driver import Sweep
 
 from moetune.config import (
     GateConfig,
@@ -17,12 +21,13 @@ from moetune.config import (
     TrainConfig,
     check_study,
 )
-from moetune.contract import STOPPED_AT, FinalReport, Outcome, outcome_of
+from moetune.contract import EPOCHS_RUN, STOPPED_AT, VAL_LOSS, FinalReport, Outcome, outcome_of
 from moetune.errors import ConfigError
+from moetune.tracking import tags as T
 from moetune.training import Trainer
 from moetune.tuning.scheduler import RungsSpec, StudyRungs
 
-from conftest import tabular_data
+from conftest import run_cli, tabular_data
 
 SCHEDULERS = {
     "asha": SchedulerConfig("asha", min_resource=1, reduction_factor=3),
@@ -130,3 +135,91 @@ def test_the_trainer_stops_when_on_epoch_says_so_and_restores_its_best_epoch():
     assert stopped.best_epoch == best + 1
     assert stopped.val["val_loss"] == pytest.approx(full.history[best]["val_loss"], rel=1e-5)
     assert last.stopped_at is None and last.epochs_run == 6  # asked to stop at the last epoch: it finished
+
+
+# ---------------------------------------------------------------- through the real command line
+
+ASHA = [
+    "gate=topk",
+    "local_search=off",
+    "scheduler=asha",
+    "tuner.n_trials=8",
+    "train.max_epochs=9",
+    "train.patience=9",
+    "dataset.n_samples=600",
+]
+
+
+def _trials(sweep: Sweep) -> dict[int, Run]:
+    """The sweep's trial runs (active ones), by number; a number twice fails."""
+    runs = sweep.runs(T.TRIAL)
+    numbers = [int(r.data.tags[T.TRIAL_INDEX]) for r in runs]
+    assert len(numbers) == len(set(numbers)), f"a trial number was recorded twice: {sorted(numbers)}"
+    return dict(zip(numbers, runs, strict=True))
+
+
+def _decisions(trials: dict[int, Run]) -> dict[int, tuple[str, int, float]]:
+    return {
+        n: (r.data.tags[T.OUTCOME], int(r.data.metrics[EPOCHS_RUN]), round(r.data.metrics["best_val_loss"], 5))
+        for n, r in trials.items()
+    }
+
+
+def _check_study(sweep: Sweep, n_trials: int = 8, max_epochs: int = 9) -> dict[int, Run]:
+    """n_trials runs numbered 0..n-1, all FINISHED (stopped ones too), each stopped one with fewer epochs
+    than the maximum, its per-epoch history, its stop epoch, and its best epoch's validation and test metrics."""
+    trials = _trials(sweep)
+    assert sorted(trials) == list(range(n_trials))
+    for number, run in trials.items():
+        tags, metrics = run.data.tags, run.data.metrics
+        assert run.info.status == "FINISHED", number
+        history = sweep.client.get_metric_history(run.info.run_id, VAL_LOSS)
+        assert sorted(h.step for h in history) == list(range(1, int(metrics[EPOCHS_RUN]) + 1))
+        assert min(h.value for h in history) == pytest.approx(metrics["best_val_loss"], rel=1e-5)
+        assert "test_loss" in metrics and metrics["best_epoch"] <= metrics[EPOCHS_RUN]
+        if tags[T.OUTCOME] == T.OUTCOME_STOPPED:
+            assert metrics[EPOCHS_RUN] < max_epochs and int(tags[T.STOPPED_AT]) == metrics[EPOCHS_RUN]
+        else:
+            assert tags[T.OUTCOME] == T.OUTCOME_FINISHED and T.STOPPED_AT not in tags
+    study = sweep.runs(T.STUDY)[0]
+    assert study.info.status == "FINISHED" and study.data.tags[T.SCHEDULER] == "asha"
+    assert study.data.metrics["trials_finished"] == n_trials  # stopped trials are spent budget
+    return trials
+
+
+@pytest.mark.slow
+def test_asha_stops_some_trials_which_count_in_the_budget(workdir):
+    sweep = Sweep(workdir, "asha", ASHA)
+    started = time.time()
+    proc = run_cli(workdir, *sweep.args, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _check_study(sweep)
+    outcomes = [r.data.tags[T.OUTCOME] for r in trials.values()]
+    assert 0 < outcomes.count(T.OUTCOME_STOPPED) < len(outcomes), outcomes
+    print(f"asha: {outcomes.count(T.OUTCOME_STOPPED)}/8 stopped, {time.time() - started:.0f}s")
+
+
+@pytest.mark.slow
+def test_a_study_killed_mid_way_resumes_to_the_decisions_of_an_uninterrupted_one(workdir):
+    """kill -9 of the driver mid-study, then the same command: trials 0..n-1 each run once, the stopped ones
+    never again, and (one trial at a time, so no timing differs) the same trials stopped at the same epochs
+    as in a study that was never interrupted: the rungs were rebuilt from the ledger before any new trial."""
+    serial = [*ASHA, "tuner.concurrency=1"]
+    whole = Sweep(workdir, "whole", serial)
+    proc = run_cli(workdir, *whole.args, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = _decisions(_check_study(whole))
+
+    killed = Sweep(workdir, "killed", serial)
+    proc = killed.start()
+    assert killed.wait_for(proc, lambda: killed.trial_statuses().count("FINISHED") >= 3, timeout=240)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    before = {n: r.info.run_id for n, r in _trials(killed).items() if r.info.status == "FINISHED"}
+    assert 3 <= len(before) < 8, before
+    proc = killed.start()
+    assert proc.wait(timeout=300) == 0, killed.output(proc)[-3000:]
+    trials = _check_study(killed)
+    assert {n: trials[n].info.run_id for n in before} == before, "a recorded trial was run again"
+    assert _decisions(trials) == expected
+    assert "RUNNING" not in killed.trial_statuses() and "KILLED" not in killed.trial_statuses()
