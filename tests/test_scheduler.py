@@ -165,7 +165,7 @@ def _decisions(trials: dict[int, Run]) -> dict[int, tuple[str, int, float]]:
     }
 
 
-def _check_study(sweep: Sweep, n_trials: int = 8, max_epochs: int = 9) -> dict[int, Run]:
+def _check_study(sweep: Sweep, n_trials: int = 8, max_epochs: int = 9, scheduler: str = "asha") -> dict[int, Run]:
     """n_trials runs numbered 0..n-1, all FINISHED (stopped ones too), each stopped one with fewer epochs
     than the maximum, its per-epoch history, its stop epoch, and its best epoch's validation and test metrics."""
     trials = _trials(sweep)
@@ -182,21 +182,22 @@ def _check_study(sweep: Sweep, n_trials: int = 8, max_epochs: int = 9) -> dict[i
         else:
             assert tags[T.OUTCOME] == T.OUTCOME_FINISHED and T.STOPPED_AT not in tags
     study = sweep.runs(T.STUDY)[0]
-    assert study.info.status == "FINISHED" and study.data.tags[T.SCHEDULER] == "asha"
+    assert study.info.status == "FINISHED" and study.data.tags[T.SCHEDULER] == scheduler
     assert study.data.metrics["trials_finished"] == n_trials  # stopped trials are spent budget
     return trials
 
 
 @pytest.mark.slow
-def test_asha_stops_some_trials_which_count_in_the_budget(workdir):
-    sweep = Sweep(workdir, "asha", ASHA)
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
+def test_a_scheduler_stops_some_trials_which_count_in_the_budget(workdir, scheduler):
+    sweep = Sweep(workdir, scheduler, [*ASHA, f"scheduler={scheduler}"])
     started = time.time()
     proc = run_cli(workdir, *sweep.args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = _check_study(sweep)
+    trials = _check_study(sweep, scheduler=scheduler)
     outcomes = [r.data.tags[T.OUTCOME] for r in trials.values()]
     assert 0 < outcomes.count(T.OUTCOME_STOPPED) < len(outcomes), outcomes
-    print(f"asha: {outcomes.count(T.OUTCOME_STOPPED)}/8 stopped, {time.time() - started:.0f}s")
+    print(f"{scheduler}: {outcomes.count(T.OUTCOME_STOPPED)}/8 stopped, {time.time() - started:.0f}s")
 
 
 @pytest.mark.slow
