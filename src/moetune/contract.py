@@ -8,8 +8,8 @@ A trial reports to Ray Tune, in this order:
   knows its true routing), plus diagnostics as plain data (the permutation, per-expert loads, ...).
 
 Each report is one Tune result: ``{"report": "epoch" | "final", "metrics": {...}, ...}``, with the
-tuner's selection metric also at the top level, where Tune's own logs (progress.csv, result.json) show it;
-the driver reads the report back with ``parse_report``.
+tuner's selection metric also at the top level, where Tune's own result handling finds a metric; the
+driver reads the report back with ``parse_report``.
 
 From what Tune saw, the driver decides one ``Outcome`` per trial: FINISHED (its final report came),
 PRUNED (its final report came, and says the study's scheduler stopped it: diagnostics ``STOPPED_AT``),

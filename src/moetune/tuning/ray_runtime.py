@@ -63,6 +63,9 @@ def start_ray(tuner: TunerConfig) -> dict[str, float]:
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # workers keep the driver's working directory
+        # no per-result CSV, JSON and TensorBoard files from Tune: written on the driver's loop for every epoch
+        # report (the next trial waits on them), and the sweep's record is the tracking store
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # a failed trial gets one line from us
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
         if tuner.ray_address:
