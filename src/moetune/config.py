@@ -216,10 +216,15 @@ def weights_label(task_weights: list[float] | None) -> str:
     return "equal" if not task_weights else "_".join(f"{float(w):g}" for w in task_weights)
 
 
-def study_key(gate: str, local_search: str, dataset: str, seed: Any, task_weights: Any = None) -> str:
-    """A study's identity inside a sweep: gate, local search arm, dataset, task weighting (when set), seed."""
+def study_key(
+    gate: str, local_search: str, dataset: str, seed: Any, task_weights: Any = None, scheduler: Any = "none"
+) -> str:
+    """A study's identity inside a sweep: gate, local search arm, dataset, task weighting (when set), scheduler
+    (when not none, so a multirun can sweep scheduler=asha,none; keys of unscheduled studies are unchanged),
+    seed."""
     weights = f"-tw{weights_label(task_weights)}" if task_weights else ""
-    return f"{gate}-ls_{local_search}-{dataset}{weights}-seed{seed}"
+    sched = f"-{scheduler}" if scheduler and scheduler != "none" else ""
+    return f"{gate}-ls_{local_search}-{dataset}{weights}{sched}-seed{seed}"
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -262,7 +267,12 @@ class StudyConfig:
     @property
     def study_key(self) -> str:
         return study_key(
-            self.gate.name, self.local_search.name, self.dataset["name"], self.seed, self.train.task_weights
+            self.gate.name,
+            self.local_search.name,
+            self.dataset["name"],
+            self.seed,
+            self.train.task_weights,
+            self.scheduler.name,
         )
 
     @property

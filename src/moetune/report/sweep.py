@@ -42,14 +42,18 @@ DEFAULT_SELECTION = best_metric("val_loss")  # a sweep recorded before studies w
 
 
 def group_of(study: RecordedStudy) -> Group:
-    """The curve a study belongs to: its gate, arm, dataset, task weighting and sampler."""
+    """The curve a study belongs to: its gate, arm, dataset, task weighting and sampler. A scheduled study's
+    sampler reads "random+asha" (tag moetune.scheduler): its trials are not independent full-length draws, so
+    it is never pooled with full-length studies and gets the running best in trial order, like TPE."""
     t = study.tags
+    sampler = t.get(tags.SAMPLER, "random")
+    scheduler = t.get(tags.SCHEDULER, "none")
     return Group(
         t.get(tags.GATE, "?"),
         t.get(tags.LOCAL_SEARCH, "?"),
         t.get(tags.DATASET, "?"),
         t.get(tags.TASK_WEIGHTS, "equal"),
-        t.get(tags.SAMPLER, "random"),
+        sampler if scheduler == "none" else f"{sampler}+{scheduler}",
     )
 
 
