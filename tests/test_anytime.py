@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from moetune.report.anytime import AnytimeCurve, anytime_band, anytime_curve, study_anytime_curve
+from moetune.report.anytime import (
+    AnytimeCurve,
+    ComputeReduction,
+    anytime_band,
+    anytime_curve,
+    anytime_group,
+    compute_reduction,
+    length_mismatches,
+    study_anytime_curve,
+    sweep_anytime,
+    sweep_reductions,
+)
 from moetune.tracking import tags
 from moetune.tracking.base import RecordedStudy, RecordedTrial
 
@@ -75,3 +88,99 @@ def test_an_empty_curve_has_no_answer():
     assert anytime_band([]).grid.size == 0
     with pytest.raises(KeyError):
         anytime_curve(REPEAT_1, "best_val_loss", "test_loss", "min", cost="flops")
+
+
+# ---------------------------------------------------------------- compute reductions (the export's)
+
+
+def curve(costs, values):
+    return AnytimeCurve(np.asarray(costs, dtype=float), np.asarray(values, dtype=float))
+
+
+ON = [curve([2, 4, 6], [0.9, 0.7, 0.7]), curve([2, 4, 6], [0.8, 0.7, 0.6])]
+OFF = [curve([5, 10, 15], [0.9, 0.8, 0.6]), curve([5, 10, 15], [0.9, 0.8, 0.7])]
+
+
+def test_the_compute_reduction_equals_a_hand_computation():
+    # grid 2 4 5 6 10 15; on's mean .85 .7 .7 .65 .65 .65; off's mean - - .9 .9 .8 .65
+    q, on_cost, off_cost, factor, censored, low, high = compute_reduction(
+        ON, OFF, up=False, reference=6, resamples=4000, seed=0
+    )
+    assert (q, on_cost, off_cost, factor, censored) == (pytest.approx(0.65), 6, 15, 2.5, False)
+    # by hand, over the resampled repeats: on (1,1) [1/4] q .7 at 4, off always reaches it at 15 -> 3.75;
+    # on mixed [1/2] q .65 at 6: off (2,2) [1/4] never (inf), else 15 -> 2.5; on (2,2) [1/4] q .6 at 6:
+    # off (1,1) [1/4] 15 -> 2.5, else never. P(2.5) = 7/16, P(3.75) = 1/4, P(inf) = 5/16
+    assert (low, high) == (2.5, math.inf)
+    # reference 4: q .7, reached by on at 4 and by off only at 15 in every resample
+    assert compute_reduction(ON, OFF, up=False, reference=4, resamples=200)[3:] == (3.75, False, 3.75, 3.75)
+    # one repeat each: the factor, no interval
+    assert compute_reduction(ON[:1], OFF[:1], up=False, reference=6)[3:] == (15 / 4, False, None, None)
+    # off never reaches q: censored, the lower bound off's total cost / on's cost
+    better = [curve([2, 4, 6], [0.5, 0.5, 0.5])] * 2
+    assert compute_reduction(better, OFF, up=False, reference=4)[3:5] == (15 / 2, True)
+    # reference None: q = the base's final mean (.65), which on reaches at 6 -> 15 / 6
+    assert compute_reduction(ON, OFF, up=False, reference=None, resamples=10)[:4] == (
+        pytest.approx(0.65),
+        6,
+        15,
+        2.5,
+    )
+
+
+def test_reduction_text_says_no_detectable_difference_when_the_interval_contains_one():
+    base = dict(gate="topk", dataset="synthetic", task_weights="equal", sampler="random", scheduler="asha")
+    base.update(arm="on", base="off", cost="epochs", reference=6.0, q=0.65, arm_cost=6.0, base_cost=15.0)
+    r = ComputeReduction(**base, factor=2.5, censored=False, low=2.5, high=math.inf, repeats=(2, 2), level=0.9)
+    assert r.text() == "2.5x [90% interval 2.5x, ∞]"
+    r = ComputeReduction(**base, factor=1.5, censored=False, low=0.8, high=3.0, repeats=(2, 2), level=0.9)
+    assert r.text() == "no detectable difference (1.5x [90% interval 0.8x, 3x])"
+    r = ComputeReduction(**base, factor=7.5, censored=True, low=None, high=None, repeats=(1, 1), level=0.9)
+    assert r.text() == "> 7.5x (censored) (one repeat: no interval)"
+
+
+def scheduled_study(arm, scheduler, seed, trials):
+    t = {
+        tags.GATE: "topk",
+        tags.LOCAL_SEARCH: arm,
+        tags.DATASET: "synthetic",
+        tags.SAMPLER: "random",
+        tags.SEED: str(seed),
+    }
+    if scheduler != "none":
+        t[tags.SCHEDULER] = scheduler
+    return RecordedStudy(f"topk-{arm}-{scheduler}-{seed}", t, trials)
+
+
+def test_a_sweep_groups_repeats_by_everything_but_the_seed_and_counts_pairs_of_different_lengths():
+    studies = [
+        scheduled_study("on", "asha", 0, REPEAT_1),
+        scheduled_study("on", "asha", 1, REPEAT_2),
+        scheduled_study("off", "asha", 0, [trial(0, 1.0, 0.9, 3), trial(1, 0.8, 0.8, 5), trial(3, 0.9, 0.9, 9)]),
+        scheduled_study("off", "none", 0, REPEAT_2),
+    ]
+    results = sweep_anytime(studies, "best_val_loss", "test_loss", resamples=4000, seed=1)
+    groups = [(r.group.arm, r.group.scheduler, r.cost, r.band.repeats) for r in results]
+    assert groups == [
+        ("off", "asha", "epochs", 1),
+        ("off", "asha", "seconds", 1),
+        ("off", "none", "epochs", 1),
+        ("off", "none", "seconds", 1),
+        ("on", "asha", "epochs", 2),
+        ("on", "asha", "seconds", 2),
+    ]
+    on = results[4].band  # the two repeats of test_repeats_are_averaged_on_one_grid_with_a_bootstrap_interval
+    np.testing.assert_allclose(on.mean, [np.nan, 0.75, 0.725, 0.75, 0.75])
+    # seed 0's pairs: trials 0, 1 and 3 of both (2 failed in on); 1 ran 2 epochs against 5
+    assert length_mismatches(studies) == {(anytime_group(studies[0]), "off"): (3, 1)}
+    reductions = sweep_reductions(results, up=False, resamples=100)
+    assert [(c.scheduler, c.arm, c.base, c.cost) for c in reductions] == [
+        ("asha", "on", "off", "epochs"),
+        ("asha vs none", "off", "off", "epochs"),
+        ("asha", "on", "off", "seconds"),
+        ("asha vs none", "off", "off", "seconds"),
+    ]
+    # on over off (asha, epochs): reference .25 x min(14, 8, 17) = 2, where on's mean is not yet defined
+    assert math.isnan(reductions[0].q) and reductions[0].text() == "—"
+    # off with asha against off at full length: q = full length's final mean .65 (REPEAT_2 at 8 epochs);
+    # asha's off curve .9 .8 .8 never reaches it -> 0x
+    assert (reductions[1].q, reductions[1].factor) == (pytest.approx(0.65), 0.0)

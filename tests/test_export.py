@@ -157,6 +157,8 @@ def test_files_written(exported):
     }
     expected |= {"trials.csv", "paired.csv", "importance.csv"}
     expected |= {f"paired_{m}.{ext}" for m in ("test_loss", "test_watch_auc") for ext in ("png", "svg")}
+    # anytime curves of the headline metric; this store records no epochs_run, so only against seconds
+    expected |= {"anytime.csv", "anytime_seconds_test_loss.png", "anytime_seconds_test_loss.svg"}
     assert set(files) == expected
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temp folder left behind
     png = files["budget_test_loss.png"].read_bytes()
@@ -710,3 +712,70 @@ def test_print_answer_names_the_folder_the_answer_and_where_to_browse(tmp_path, 
         "  Top-k (synthetic): budget reduction 2x",
         "browse: http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning",
     ]
+
+
+# ---------------------------------------------------------------- multi-fidelity: anytime curves against compute
+
+
+def _scheduled_store(root):
+    """topk on/off, asha/none, seeds 0 and 1, three trials each with known validation, test and epochs."""
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("sweep-asha", artifact_location=(root / "artifacts").as_uri())
+    # (val, test, epochs_run) per trial; asha's on and off of seed 0 stop trial 1 at different epochs
+    data = {
+        ("on", "asha", 0): [(0.5, 0.6, 9), (0.4, 0.5, 1), (0.45, 0.4, 3)],
+        ("on", "asha", 1): [(0.3, 0.7, 9), (0.6, 0.6, 1), (0.2, 0.5, 1)],
+        ("off", "asha", 0): [(0.6, 0.8, 9), (0.5, 0.7, 3), (0.7, 0.6, 1)],
+        ("off", "asha", 1): [(0.6, 0.9, 9), (0.7, 0.6, 1), (0.5, 0.8, 3)],
+        ("on", "none", 0): [(0.5, 0.6, 9), (0.4, 0.5, 9), (0.45, 0.4, 9)],
+        ("on", "none", 1): [(0.3, 0.7, 9), (0.6, 0.6, 9), (0.2, 0.5, 9)],
+        ("off", "none", 0): [(0.6, 0.8, 9), (0.5, 0.7, 9), (0.7, 0.6, 9)],
+        ("off", "none", 1): [(0.6, 0.9, 9), (0.7, 0.6, 9), (0.5, 0.8, 9)],
+    }
+    for (ls, scheduler, seed), rows in data.items():
+        trials = [
+            {"best_val_loss": v, "test_loss": t, contract.EPOCHS_RUN: e, contract.WALL_SECONDS: 2.0 * e}
+            for v, t, e in rows
+        ]
+        _make_study(client, exp_id, gate="topk", ls=ls, sampler="random", seed=seed, trials=trials)
+        key = f"topk/{ls}/synthetic/random/{seed}"
+        for run in client.search_runs([exp_id], filter_string=f"tags.`{tags.STUDY_KEY}` = '{key}'"):
+            if (
+                scheduler != "none"
+                and run.data.tags.get(tags.ROLE) == tags.STUDY
+                and tags.SCHEDULER not in run.data.tags
+            ):
+                client.set_tag(run.info.run_id, tags.SCHEDULER, scheduler)
+                client.set_tag(run.info.run_id, tags.STUDY_KEY, key + "/asha")
+                break
+    return uri
+
+
+def test_the_export_draws_anytime_curves_against_compute_per_arm_and_scheduler(tmp_path):
+    uri = _scheduled_store(tmp_path)
+    out = tmp_path / "export"
+    files = export.export_sweep(MlflowTracking(uri, experiment="sweep-asha"), out, resamples=RESAMPLES).files
+    for name in ("anytime.csv", "anytime_test_loss.png", "anytime_test_loss.svg", "anytime_seconds_test_loss.png"):
+        assert name in files and files[name].stat().st_size > 0
+    rows = _read_csv(files["anytime.csv"])
+    assert list(rows[0]) == [
+        "gate", "arm", "dataset", "task_weights", "sampler", "scheduler", "metric", "cost_axis", "cost", "mean",
+        "low", "high", "repeats",
+    ]  # fmt: skip
+    on_asha = [(float(r["cost"]), float(r["mean"])) for r in rows if r["arm"] == "on" and r["scheduler"] == "asha"
+               and r["cost_axis"] == "epochs"]  # fmt: skip
+    # by hand: seed 0 after trials 0, 1, 2 -> costs 9, 10, 13, selected test .6, .5 (val .4), .5;
+    # seed 1 -> costs 9, 10, 11, test .7, .7, .5 (val .2); grid 9 10 11 13 -> means .65 .6 .5 .5
+    assert on_asha == [(9, pytest.approx(0.65)), (10, pytest.approx(0.6)), (11, pytest.approx(0.5)),
+                       (13, pytest.approx(0.5))]  # fmt: skip
+    assert {r["repeats"] for r in rows} == {"2"}
+    assert {r["scheduler"] for r in rows} == {"asha", "none"}
+    summary = files["summary.md"].read_text()
+    assert "## Budget against compute" in summary and "bootstrap 90% interval over repeats" in summary
+    # pairs of asha's on and off: seed 0 ran 9/9, 1/3, 3/1; seed 1 9/9, 1/1, 1/3 -> 3 of 6 differ
+    assert "Top-k, synthetic, asha, on − off: 3 of 6 pairs ran to different `epochs_run`" in summary
+    # on over off (asha, epochs): reference .25 x min(13, 11, 13, 13) = 2.75, before any answer: "—"
+    assert "| Top-k | synthetic | random | asha | epochs | local search | 2.75 | — |" in summary
+    # on over off (none, epochs): reference .25 x 27 = 6.75: no answer either; seconds likewise
+    assert "| Top-k | synthetic | random | asha vs none | epochs | local search |" in summary

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from moetune.contract import higher_is_better
 from moetune.errors import ConfigError
-from moetune.report import figures, importance, paired, paired_figure, tables, trials_table
+from moetune.report import anytime, anytime_figure, figures, importance, paired, paired_figure, tables, trials_table
 from moetune.report.analysis import analyse
 from moetune.report.sweep import read_sweep, report_metrics
 from moetune.tracking import Tracking
@@ -84,12 +85,21 @@ def export_sweep(
         raise ConfigError(f"cannot write the export to {out} ({exc.strerror}); pass --out <writable folder>") from None
     try:
         imps = importance.importances(sweep.studies, selection)
-        appendix = trials_table.diagnostics_lines(sweep.studies) + importance.summary_lines(imps)
+        curves = anytime.sweep_anytime(
+            sweep.studies, selection, analysis.headline, resamples=resamples, seed=seed, level=level
+        )
+        up = higher_is_better(analysis.headline)
+        compute = anytime.sweep_reductions(curves, up=up, resamples=resamples, seed=seed, level=level)
+        mismatches = anytime.length_mismatches(sweep.studies)
+        appendix = anytime_figure.summary_lines(curves, compute, mismatches, level)
+        appendix += trials_table.diagnostics_lines(sweep.studies) + importance.summary_lines(imps)
         names = tables.write_tables(tmp, experiment_name, analysis, appendix) + figures.write_figures(tmp, analysis)
         trials_table.write_csv(tmp / "trials.csv", sweep.studies)
         paired.write_csv(tmp / "paired.csv", analysis.paired)
         importance.write_csv(tmp / "importance.csv", imps)
         names += ["trials.csv", "paired.csv", "importance.csv"] + paired_figure.write_figures(tmp, analysis.paired)
+        anytime_figure.write_csv(tmp / "anytime.csv", curves)
+        names += ["anytime.csv"] + anytime_figure.write_figures(tmp, curves, level)
         for name in names:
             os.replace(tmp / name, out / name)
     finally:
