@@ -147,7 +147,8 @@ class AnytimeResult:
 class ComputeReduction:
     """How much less compute an arm needs than a base to reach a quality q: base_cost / arm_cost, where each
     is the first cost at which that mean curve reaches q. ``censored``: the base's mean curve never reaches
-    q (factor is then the lower bound base_max / arm_cost). The interval resamples each side's repeats;
+    q (factor is then the lower bound base_max / arm_cost); arm_cost NaN: the arm's never does (q being the
+    base's final value; factor is then the upper bound base_cost / arm_max). The interval resamples each side's repeats;
     a resample whose base never reaches its q counts as inf. None where an interval cannot be drawn."""
 
     gate: str
@@ -178,6 +179,8 @@ class ComputeReduction:
         if not math.isfinite(self.factor):
             return "—"
         core = f"> {self.factor:.3g}x (censored)" if self.censored else f"{self.factor:.3g}x"
+        if math.isnan(self.arm_cost) and not self.censored:
+            core = f"< {self.factor:.3g}x (censored: the {self.arm} curve never reaches q)"
         if self.low is None or self.high is None:
             return f"{core} (one repeat: no interval)"
         hi = "∞" if math.isinf(self.high) else f"{self.high:.3g}x"
@@ -248,8 +251,8 @@ def _factor(
     if math.isnan(q):
         return q, math.nan, math.nan, math.nan, False
     arm_cost, base_cost = _reach(grid, arm_mean, q, up), _reach(grid, base_mean, q, up)
-    if math.isnan(arm_cost):  # the arm's mean never reaches q (only when q is the base's final value)
-        return q, arm_cost, base_cost, 0.0, False
+    if math.isnan(arm_cost):  # the arm never reaches q (q the base's final value): at most base_cost / arm_max
+        return q, arm_cost, base_cost, base_cost / min(float(c.cost[-1]) for c in arm), False
     if arm_cost <= 0:
         return q, arm_cost, base_cost, math.nan, False
     if math.isnan(base_cost):
@@ -281,8 +284,8 @@ def compute_reduction(
     for _ in range(resamples):
         a = [arm[i] for i in rng.integers(0, len(arm), len(arm))]
         b = [base[i] for i in rng.integers(0, len(base), len(base))]
-        q_r, arm_r, _, f, cens = _factor(a, b, grid, reference, up)
-        draws.append(math.inf if cens else f)
+        _, arm_r, _, f, cens = _factor(a, b, grid, reference, up)
+        draws.append(math.inf if cens else 0.0 if math.isnan(arm_r) else f)  # an upper bound: unbounded below
     finite = np.asarray([d for d in draws if not math.isnan(d)], dtype=float)
     if not finite.size:
         return q, arm_cost, base_cost, factor, censored, None, None

@@ -189,8 +189,9 @@ def summary_lines(
         lines += [
             "Scheduler against full-length training: q = the full-length (scheduler none) mean curve's final "
             "quality; factor = the cost full length needs to reach q over the cost the scheduled curve needs "
-            "(above 1: the scheduler gets there with less compute; 0x: the scheduled mean curve never reaches q "
-            "within its cost).",
+            '(above 1: the scheduler gets there with less compute; "< F (censored)": the scheduled mean curve '
+            "never reaches q within its cost, F = full length's cost over the scheduled curve's total; its "
+            "resamples that never reach q count as 0).",
             "",
             "| gate | setting | sampler | comparison | cost | arm | q | scheduled cost | full-length cost | factor |",
             "|---|---|---|---|---|---|---|---|---|---|",
