@@ -179,8 +179,12 @@ def test_a_sweep_groups_repeats_by_everything_but_the_seed_and_counts_pairs_of_d
         ("asha", "on", "off", "seconds"),
         ("asha vs none", "off", "off", "seconds"),
     ]
-    # on over off (asha, epochs): reference .25 x min(14, 8, 17) = 2, where on's mean is not yet defined
-    assert math.isnan(reductions[0].q) and reductions[0].text() == "—"
+    # on over off (asha, epochs): reference .25 x min(14, 8, 17) = 2, but every repeat has an answer only from
+    # 4 (on's second repeat) -> 4: q = on's mean there (.9 + .6) / 2 = .75; off (.9 .8 .8) never reaches it:
+    # censored, off's 17 epochs / on's 4; off has one repeat, so no interval
+    r = reductions[0]
+    assert (r.reference, r.q, r.arm_cost, r.factor, r.censored) == (4, pytest.approx(0.75), 4, 17 / 4, True)
+    assert r.text() == "> 4.25x (censored) (one repeat: no interval)"
     # off with asha against off at full length: q = full length's final mean .65 (REPEAT_2 at 8 epochs);
     # full length reaches it first at 4 epochs (.6); asha's off curve .9 .8 .8 never does within its 17
     assert (reductions[1].q, reductions[1].factor) == (pytest.approx(0.65), 4 / 17)

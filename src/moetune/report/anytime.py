@@ -295,9 +295,12 @@ def compute_reduction(
 
 
 def reference_cost(arm: Sequence[AnytimeCurve], base: Sequence[AnytimeCurve]) -> float:
-    """REFERENCE_FRACTION of the shortest total cost among both sides' repeats: early enough that neither
-    curve sits on its flat tail, late enough that every repeat has an answer on most axes."""
-    return REFERENCE_FRACTION * min(float(c.cost[-1]) for c in (*arm, *base) if len(c.cost))
+    """REFERENCE_FRACTION of the shortest total cost among both sides' repeats (early enough that neither
+    curve sits on its flat tail), but at least the cost by which every repeat of both sides has an answer
+    (a scheduler's first trials may run to full length and spend more than that fraction)."""
+    curves = [c for c in (*arm, *base) if len(c.cost)]
+    answered = [float(c.cost[np.argmax(~np.isnan(c.value))]) for c in curves if (~np.isnan(c.value)).any()]
+    return max(REFERENCE_FRACTION * min(float(c.cost[-1]) for c in curves), max(answered, default=0.0))
 
 
 def sweep_reductions(

@@ -164,12 +164,13 @@ def summary_lines(
         f"{', '.join(map(str, repeats))}.",
         "",
     ]
-    arm_rows = [c for c in reductions if c.base == "off"]
+    arm_rows = [c for c in reductions if " vs " not in c.scheduler]
     if arm_rows:
         lines += [
             "Reduction factor in compute of an arm over no local search = the cost the `off` mean curve needs to "
             "reach q over the cost the arm's needs, q being the arm's mean quality at the reference cost "
-            f"({REFERENCE_FRACTION:.0%} of the shortest repeat's total cost of the two arms; stated per row). "
+            f"({REFERENCE_FRACTION:.0%} of the shortest repeat's total cost of the two arms, or the cost by "
+            "which every repeat of both has an answer if that is later; stated per row). "
             '"> F (censored)": off never reaches q within its cost. "no detectable difference": the interval '
             f"from resampling each arm's repeats ({level:.0%}) contains 1.",
             "",
@@ -184,7 +185,7 @@ def summary_lines(
                 f"{_fmt(c.arm_cost)} | {'—' if c.censored else _fmt(c.base_cost)} | {c.text()} |"
             )
         lines.append("")
-    sched_rows = [c for c in reductions if c.base != "off"]
+    sched_rows = [c for c in reductions if " vs " in c.scheduler]
     if sched_rows:
         lines += [
             "Scheduler against full-length training: q = the full-length (scheduler none) mean curve's final "
