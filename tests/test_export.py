@@ -771,6 +771,8 @@ def test_the_export_draws_anytime_curves_against_compute_per_arm_and_scheduler(t
                        (13, pytest.approx(0.5))]  # fmt: skip
     assert {r["repeats"] for r in rows} == {"2"}
     assert {r["scheduler"] for r in rows} == {"asha", "none"}
+    # the existing tables keep a scheduled group apart from full-length random search (sampler "random+asha")
+    assert {r["sampler"] for r in _read_csv(files["paired.csv"])} == {"random", "random+asha"}
     summary = files["summary.md"].read_text()
     assert "## Budget against compute" in summary and "bootstrap 90% interval over repeats" in summary
     # pairs of asha's on and off: seed 0 ran 9/9, 1/3, 3/1; seed 1 9/9, 1/1, 1/3 -> 3 of 6 differ

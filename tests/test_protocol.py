@@ -88,6 +88,15 @@ def test_paper_movielens_matches_the_authors_configs():
 # ---------------------------------------------------------------- sweep name, study key, task weights
 
 
+def test_study_key_names_a_scheduler_but_not_none():
+    # unscheduled keys are unchanged, so committed stores resume; a multirun can sweep scheduler=asha,none
+    assert study_key("topk", "on", "synthetic", 0, None, "none") == "topk-ls_on-synthetic-seed0"
+    assert study_key("topk", "on", "synthetic", 0, None, "asha") == "topk-ls_on-synthetic-asha-seed0"
+    asha = load_study(composed("scheduler=asha")).config
+    assert asha.study_key == "topk-ls_off-synthetic-asha-seed0"
+    assert load_study(composed("scheduler=none")).config.study_key == "topk-ls_off-synthetic-seed0"
+
+
 def test_study_key_carries_the_task_weighting():
     assert study_key("topk", "on", "movielens", 0) == "topk-ls_on-movielens-seed0"
     assert study_key("topk", "on", "movielens", 0, [0.1, 0.9]) == "topk-ls_on-movielens-tw0.1_0.9-seed0"
