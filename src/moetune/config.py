@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from moetune.contract import HIGHER_IS_BETTER, best_metric, higher_is_better
 from moetune.errors import ConfigError
@@ -176,6 +176,11 @@ class TunerConfig:
     def mode(self) -> str:
         """ "min" or "max", from the metric's kind (contract.TASK_KINDS): never set apart from it."""
         return "max" if higher_is_better(self.metric) else "min"
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        """The same, as Optuna spells it: "minimize" or "maximize"."""
+        return "maximize" if self.mode == "max" else "minimize"
 
 
 SCHEDULERS = ("none", "asha", "hyperband")

@@ -73,7 +73,7 @@ class LiveStudy:
         """What the scheduler's actor builds this study's pruner from (moetune.tuning.scheduler)."""
         return RungsSpec(
             key=self.plan.key,
-            direction="minimize" if self.config.tuner.mode == "min" else "maximize",
+            direction=self.config.tuner.direction,
             scheduler=self.config.scheduler,
             max_epochs=self.config.train.max_epochs,
             n_trials=self.config.tuner.n_trials,

@@ -44,8 +44,7 @@ class StudySampler:
 
     def __init__(self, config: StudyConfig, space: Space):
         self.config, self.space = config, space
-        direction = "minimize" if config.tuner.mode == "min" else "maximize"
-        self.study = optuna.create_study(direction=direction, sampler=build_sampler(config))
+        self.study = optuna.create_study(direction=config.tuner.direction, sampler=build_sampler(config))
         self.asked: dict[int, optuna.trial.Trial] = {}
 
     @property
