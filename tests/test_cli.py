@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -60,6 +61,11 @@ def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workd
     assert len(experiments) == 1, [e.name for e in experiments]
     sweep = experiments[0].name
     assert experiments[0].tags[T.EXPERIMENT_KIND] == T.MODEL_TRAINING  # the UI opens on the runs
+    # the driver's loop writes no per-result files of Tune's own (the record is the store) ...
+    assert not [p.name for p in (workdir / "sweeps").rglob("*") if p.name in ("progress.csv", "result.json")]
+    # ... and commits to a sqlite store without an fsync each (write-ahead log, synchronous=NORMAL)
+    with sqlite3.connect(workdir / "mlruns" / "mlflow.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     studies = runs_of(client, sweep, T.STUDY)
     trials = runs_of(client, sweep, T.TRIAL)
     assert len(studies) == 4 and len(trials) == 12
