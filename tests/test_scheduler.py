@@ -8,9 +8,11 @@ import random
 import signal
 import time
 
+import optuna
 import pytest
 from mlflow.entities import Run
 from test_driver import Sweep
+from test_protocol import composed
 
 from moetune.config import (
     GateConfig,
@@ -23,9 +25,13 @@ from moetune.config import (
 )
 from moetune.contract import EPOCHS_RUN, STOPPED_AT, VAL_LOSS, FinalReport, Outcome, outcome_of
 from moetune.errors import ConfigError
+from moetune.tracking import LedgerEntry
 from moetune.tracking import tags as T
 from moetune.training import Trainer
+from moetune.tuning.hydra_config import load_study
+from moetune.tuning.progress import StudyProgress
 from moetune.tuning.scheduler import RungsSpec, StudyRungs
+from moetune.tuning.searcher import StudySampler
 
 from conftest import run_cli, tabular_data
 
@@ -101,6 +107,42 @@ def test_a_final_report_with_stopped_at_is_pruned_and_counts_as_finished():
     assert outcome_of(finished) is Outcome.FINISHED
     assert outcome_of(stopped, "boom") is Outcome.FAILED
     assert outcome_of({"report": "epoch", "epoch": 2, "metrics": {}, "val_loss": 1.0}) is Outcome.STOPPED
+
+
+def test_tpe_is_told_a_stopped_trial_as_pruned_with_its_epochs_live_and_on_resume():
+    """Not as COMPLETE with its low-fidelity best (what a Tune scheduler stopping an Optuna trial reports):
+    TPE ranks pruned trials by how far they got. A resumed study's sampler holds the same trials as the live
+    one, so its next draw is the same."""
+    study = load_study(composed("experiment=quick", "sampler=tpe", "scheduler=asha", "gate=topk"))
+    rng = random.Random(0)
+    live = StudySampler(study.config, study.space)
+    ledger = []
+    for number in range(12):
+        sampled = live.ask(number)
+        epochs = {e: rng.uniform(0.5, 1.5) for e in range(1, rng.choice([2, 4, 10]))}
+        stopped, best = len(epochs) < 9, min(epochs.values())
+        live.tell(number, best, epochs if stopped else None)
+        ledger.append(LedgerEntry(number, "FINISHED", sampled, {study.config.tuner.selection: best}, stopped, epochs))
+    trials = live.study.get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state is optuna.trial.TrialState.PRUNED]
+    assert pruned and all(len(t.intermediate_values) < 9 for t in pruned)
+    assert all(t.state is optuna.trial.TrialState.COMPLETE for t in trials if len(t.intermediate_values) == 0)
+
+    resumed = StudySampler(study.config, study.space)
+    resumed.replay(ledger)
+
+    def held(sampler):
+        return [(t.state, t.params, t.intermediate_values) for t in sampler.study.get_trials(deepcopy=False)]
+
+    assert held(resumed) == held(live)
+    assert resumed.ask(12) == live.ask(12)
+
+
+def test_the_live_line_counts_stopped_trials_of_a_scheduled_study_only():
+    scheduled = StudyProgress(key="s", total=8, metric="val_loss", done=3, failed=1, stopped=2, best=0.5)
+    plain = StudyProgress(key="p", total=8, metric="val_loss", done=3, failed=1, best=0.5)
+    assert "1 failed, 2 stopped, best val_loss 0.5000" in scheduled.line(0.0)
+    assert "stopped" not in plain.line(0.0)
 
 
 def test_scheduler_config_is_checked():
@@ -197,6 +239,7 @@ def test_a_scheduler_stops_some_trials_which_count_in_the_budget(workdir, schedu
     trials = _check_study(sweep, scheduler=scheduler)
     outcomes = [r.data.tags[T.OUTCOME] for r in trials.values()]
     assert 0 < outcomes.count(T.OUTCOME_STOPPED) < len(outcomes), outcomes
+    assert f"8/8 trials done, 0 failed, {outcomes.count(T.OUTCOME_STOPPED)} stopped" in proc.stdout  # the live view
     print(f"{scheduler}: {outcomes.count(T.OUTCOME_STOPPED)}/8 stopped, {time.time() - started:.0f}s")
 
 

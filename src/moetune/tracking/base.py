@@ -58,6 +58,7 @@ class LedgerEntry:
     status: str  # FINISHED | FAILED
     sampled: dict  # the sampler's own values for the trial (JSON), to rebuild the sampler's history on resume
     metrics: dict[str, float]
+    stopped: bool = False  # stopped at a rung by the study's scheduler (tag moetune.outcome=stopped)
     # its per-epoch values of the tuner's metric, {epoch: value}: filled by ``StudyRecord.ledger_epochs`` only
     # (a study with a scheduler rebuilds its rungs from them on resume)
     epochs: dict[int, float] = field(default_factory=dict)

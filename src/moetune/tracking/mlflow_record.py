@@ -58,7 +58,8 @@ class MlflowStudyRecord(StudyRecord):
                 continue
             self.runs[number], self.status[number] = run.info.run_id, run.info.status
             sampled = json.loads(run.data.tags.get(T.SAMPLED, "{}"))
-            self._ledger.append(LedgerEntry(number, run.info.status, sampled, dict(run.data.metrics)))
+            stopped = run.data.tags.get(T.OUTCOME) == T.OUTCOME_STOPPED
+            self._ledger.append(LedgerEntry(number, run.info.status, sampled, dict(run.data.metrics), stopped))
         self._ledger.sort(key=lambda e: e.number)
         self.pending: dict[int, list[Metric]] = {}
         self.last_flush: dict[int, float] = {}

@@ -65,6 +65,7 @@ class LiveStudy:
             metric=self.config.tuner.metric,
             done=len(done),
             failed=failed,
+            stopped=sum(e.stopped for e in ledger) if self.config.scheduler.enabled else None,
             best=best,
             done_at_start=len(done),
         )
@@ -105,6 +106,7 @@ class Driver:
         self.studies = {s.plan.key: s for s in studies}
         self.inbox = inbox
         self.attempts: dict[str, tuple[LiveStudy, int]] = {}  # Tune's trial id -> (study, trial number)
+        self.epochs: dict[str, dict[int, float]] = {}  # Tune's trial id -> {epoch: tuner.metric} so far
         self.progress = SweepProgress([s.progress for s in studies])
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
@@ -125,6 +127,7 @@ class Driver:
         if isinstance(report, EpochReport) and trial_id in self.attempts:
             study, number = self.attempts[trial_id]
             study.record.log_epoch(number, report)
+            self.epochs.setdefault(trial_id, {})[report.epoch] = report.metrics[study.config.tuner.metric]
 
     def on_trial_end(self, trial_id: str, last_result: dict | None, error: str | None) -> None:
         """Record the trial's one outcome; a STOPPED one (interrupted) stays open and is closed KILLED. A
@@ -132,6 +135,7 @@ class Driver:
         if trial_id not in self.attempts:
             return
         study, number = self.attempts.pop(trial_id)
+        epochs = self.epochs.pop(trial_id, {})
         outcome = outcome_of(last_result, error)
         if outcome is Outcome.STOPPED:
             return
@@ -141,10 +145,11 @@ class Driver:
             self._keep_weights(study, number, final)
         study.record.end_trial(number, outcome, final, error)
         value = final.metrics.get(study.sampler.selection) if final is not None else None
-        study.sampler.tell(number, value)
+        stopped = outcome is Outcome.PRUNED
+        study.sampler.tell(number, value, epochs if stopped else None)
         if error is not None:
             self.progress.message(f"[{study.plan.key}] trial-{number:03d} FAILED: {error}")
-        self.progress.trial_ended(study.plan.key, outcome is Outcome.FAILED, value, study.config.tuner.mode)
+        self.progress.trial_ended(study.plan.key, outcome is Outcome.FAILED, value, study.config.tuner.mode, stopped)
 
     def _keep_weights(self, study: LiveStudy, number: int, final: FinalReport | None) -> None:
         """Log a finished trial's weights on its record; a failure goes into its diagnostics (recorded as a

@@ -21,6 +21,7 @@ class StudyProgress:
     metric: str
     done: int = 0
     failed: int = 0
+    stopped: int | None = None  # trials its scheduler stopped at a rung; None: the study has no scheduler
     best: float | None = None
     done_at_start: int = 0
     started: float = field(default_factory=time.time)
@@ -33,12 +34,14 @@ class StudyProgress:
             return "?"
         return f"{max(0.0, (now - self.started) / new * (self.total - self.done)):.0f}s"
 
-    def line(self, now: float) -> str:
+    def counts(self) -> str:
+        """What ended how, and the best so far: ``2 failed, 5 stopped, best val_loss 0.5123``."""
+        stopped = f", {self.stopped} stopped" if self.stopped is not None else ""
         best = f"{self.best:.4f}" if self.best is not None else "-"
-        return (
-            f"[{self.key}] {self.done}/{self.total} trials done, {self.failed} failed, best {self.metric} {best}, "
-            f"ETA {self.eta(now)}"
-        )
+        return f"{self.failed} failed{stopped}, best {self.metric} {best}"
+
+    def line(self, now: float) -> str:
+        return f"[{self.key}] {self.done}/{self.total} trials done, {self.counts()}, ETA {self.eta(now)}"
 
 
 class SweepProgress:
@@ -64,16 +67,15 @@ class SweepProgress:
 
     def _redraw(self, study: StudyProgress) -> None:
         bar = self.bars[study.key]
-        best = f"{study.best:.4f}" if study.best is not None else "-"
         bar.n = study.done
-        bar.set_postfix_str(
-            f"{study.failed} failed, best {study.metric} {best}, ETA {study.eta(time.time())}", refresh=True
-        )
+        bar.set_postfix_str(f"{study.counts()}, ETA {study.eta(time.time())}", refresh=True)
 
-    def trial_ended(self, key: str, failed: bool, value: float | None, mode: str) -> None:
+    def trial_ended(self, key: str, failed: bool, value: float | None, mode: str, stopped: bool = False) -> None:
         study = self.studies[key]
         study.done += 1
         study.failed += int(failed)
+        if study.stopped is not None:
+            study.stopped += int(stopped)
         if value is not None and (study.best is None or (value < study.best if mode == "min" else value > study.best)):
             study.best = value
         if self.live:

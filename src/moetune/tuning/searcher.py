@@ -3,7 +3,11 @@
 Trial n's setting is drawn by the sampler seeded with ``sampler_seed(study seed, n)`` over the trials told
 so far: with a random sampler it depends on the seed and n only, whether the study ran alone, beside
 other studies, or was resumed after a kill; a model-based sampler (TPE) also sees the finished trials,
-which a resumed study rebuilds from its ledger."""
+which a resumed study rebuilds from its ledger.
+
+A trial the study's scheduler stopped at a rung is told as PRUNED with its per-epoch values, never as
+COMPLETE with its low-fidelity best: TPE ranks pruned trials after complete ones, by how far they got and
+their last value (``optuna.samplers.TPESampler``), as Optuna's own pruning would have them."""
 
 from __future__ import annotations
 
@@ -58,12 +62,16 @@ class StudySampler:
                 params = {k: _typed(entry.sampled[k], d) for k, d in self.space.items()}
                 value = entry.metrics.get(self.selection)
                 ok = entry.status == "FINISHED" and value is not None and math.isfinite(value)
+                state = optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL
+                if ok and entry.stopped:
+                    state, value = optuna.trial.TrialState.PRUNED, None
                 self.study.add_trial(
                     optuna.trial.create_trial(
                         params=params,
                         distributions=self.space,
                         value=value if ok else None,
-                        state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+                        state=state,
+                        intermediate_values=entry.epochs if entry.stopped else None,
                     )
                 )
             except (KeyError, ValueError):
@@ -75,12 +83,18 @@ class StudySampler:
         self.asked[number] = trial
         return dict(trial.params)
 
-    def tell(self, number: int, value: float | None) -> None:
-        """A FINISHED trial's selection value; None (a failure) is told as a failed trial."""
+    def tell(self, number: int, value: float | None, stopped_epochs: dict[int, float] | None = None) -> None:
+        """A FINISHED trial's selection value; None (a failure) is told as a failed trial; a trial stopped at
+        a rung (``stopped_epochs``: its per-epoch values of tuner.metric) is told as PRUNED."""
         trial = self.asked.pop(number, None)
         if trial is None:
             return
-        if value is not None and math.isfinite(value):
+        if stopped_epochs is not None and value is not None:
+            for epoch, epoch_value in sorted(stopped_epochs.items()):
+                if math.isfinite(epoch_value):
+                    trial.report(epoch_value, epoch)
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif value is not None and math.isfinite(value):
             self.study.tell(trial, value)
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
