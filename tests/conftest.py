@@ -17,10 +17,12 @@ SHARED = REPO.parent / "shared"
 TINY = ["dataset.n_samples=600", "train.max_epochs=2", "train.patience=2"]
 
 
-def run_cli(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """python train.py ARGS in `workdir` (its sweeps/ and mlruns/ land there)."""
+def run_cli(
+    workdir: Path, *args: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """python train.py ARGS in `workdir` (its sweeps/ and mlruns/ land there); ``env``: extra variables."""
     (workdir / "mlruns").mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=workdir,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +47,9 @@ def sweep_experiments(client: MlflowClient) -> list:
 
 def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workdir):
     """The README's main command with no sweep.name (only tiny sizes): one experiment, four studies, the
-    export and the answer printed; trials start from different initial weights, each one reproducible."""
+    export and the answer printed; trials start from different initial weights, each one reproducible;
+    no Ray process outlives the command (Ray stops in a thread while the export runs)."""
+    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     proc = run_cli(
         workdir,
         "-m",
@@ -54,8 +58,12 @@ def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workd
         "tuner.n_trials=3",
         "search_space.local_search.e_perm.high=2",
         *TINY,
+        env={"RAY_TMPDIR": ray_dir},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    left = subprocess.run(["pgrep", "-af", ray_dir], capture_output=True, text=True).stdout
+    assert Path(ray_dir, "ray").is_dir() and not left, left  # it ran there, and nothing of it is left
+    shutil.rmtree(ray_dir, ignore_errors=True)
     client = client_for(workdir)
     experiments = sweep_experiments(client)
     assert len(experiments) == 1, [e.name for e in experiments]

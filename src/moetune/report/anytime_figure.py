@@ -94,6 +94,7 @@ def render(results: Sequence[AnytimeResult], png: Path, svg: Path, level: float)
         fontsize="medium",
     )
     fig.savefig(png, dpi=110)
+    fig.set_layout_engine("none")  # the SVG keeps the layout the PNG's save computed
     fig.savefig(svg, metadata={"Date": None})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 
 import ray
 
@@ -77,3 +78,15 @@ def start_ray(tuner: TunerConfig) -> dict[str, float]:
     resources = ray.cluster_resources()
     check_fits(tuner, resources)
     return resources
+
+
+def stop_ray_in_background() -> threading.Thread | None:
+    """Disconnect from Ray, and stop the processes of a local instance, while the command goes on (the
+    export needs no Ray): the 1 to 2 s this takes overlaps the export instead of following it. The thread
+    is not a daemon, so the interpreter waits for it before it exits and no Ray process outlives the
+    command; Ray's own exit hook then finds nothing to do."""
+    if not ray.is_initialized():
+        return None
+    thread = threading.Thread(target=ray.shutdown, name="moetune-ray-shutdown")
+    thread.start()
+    return thread
