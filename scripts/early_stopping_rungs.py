@@ -8,6 +8,7 @@ on - off difference of val_loss at each rung over the full-length pairs (seed, t
 bootstrap 90% interval (2000 resamples, seed 0); and ASHA's stops per rung and arm.
 
     python scripts/early_stopping_rungs.py --tracking-uri sqlite:///mlruns/mlflow.db --experiment asha-synthetic
+    python scripts/early_stopping_rungs.py --experiment movielens-asha --rungs 1,3,9,27,81 --max-epochs 100
 """
 
 import argparse
@@ -19,6 +20,8 @@ import numpy as np
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
 ap.add_argument("--experiment", default="asha-synthetic")
+ap.add_argument("--rungs", default="1,3,9,27", help="the scheduler's rungs, in epochs")
+ap.add_argument("--max-epochs", type=int, default=60, help="train.max_epochs of the sweep")
 args = ap.parse_args()
 c = mlflow.tracking.MlflowClient(args.tracking_uri)
 e = c.get_experiment_by_name(args.experiment)
@@ -32,7 +35,8 @@ for t in trials:
     key = (g["gate"], g["local_search"], g.get("moetune.scheduler", "none"), g["seed"])
     S.setdefault(key, {})[int(t.data.tags["moetune.trial_index"])] = t
 print("studies", len(S), "trials", len(trials))
-RUNGS = [1, 3, 9, 27, 60]
+RUNGS = [int(r) for r in args.rungs.split(",")]
+MAX = args.max_epochs
 hist_cache = {}
 
 
@@ -51,7 +55,7 @@ for gate in ("topk", "hash"):
             ep = [t.data.metrics.get("epochs_run", 0) for k in ks for t in S[k].values()]
             tot = [sum(t.data.metrics.get("epochs_run", 0) for t in S[k].values()) for k in ks]
             stopped = sum(t.data.tags.get("moetune.outcome") == "stopped" for k in ks for t in S[k].values())
-            dist = {r: sum(1 for x in ep if x == r) for r in RUNGS}
+            dist = {r: sum(1 for x in ep if x == r) for r in [*RUNGS, MAX]}
             print(gate, ls, sch, "trials", len(ep), "stopped", stopped, "epochs/study", tot, "dist", dist)
 
 print("\n## the full-length winner under ASHA (same trial n = same hyperparameters and seed)")
@@ -68,7 +72,7 @@ for gate in ("topk", "hash"):
             tb = asha.get(b)
             # rank of the winner at each rung among the full-length study's trials (1 = best)
             ranks = []
-            for r in (1, 3, 9, 27):
+            for r in RUNGS:
                 vals = {i: hist(t).get(r, math.nan) for i, t in ok.items()}
                 order = sorted(vals, key=lambda i: vals[i])
                 ranks.append(order.index(b) + 1)
@@ -76,7 +80,8 @@ for gate in ("topk", "hash"):
             full_test, asha_test = ok[b].data.metrics["test_loss"], aok[a].data.metrics["test_loss"]
             print(
                 f"{gate} {ls} seed {seed}: full-length winner trial {b} (test {full_test:.4f}), its val_loss rank "
-                f"at epochs 1, 3, 9, 27: {ranks} of {len(ok)}; under asha it ran {ran[0]} epochs ({ran[1]}); "
+                f"at epochs {', '.join(map(str, RUNGS))}: {ranks} of {len(ok)}; "
+                f"under asha it ran {ran[0]} epochs ({ran[1]}); "
                 f"asha selects trial {a} ({aok[a].data.metrics.get('epochs_run')} epochs, test {asha_test:.4f})"
             )
 
@@ -101,7 +106,7 @@ for gate in ("topk", "hash"):
                 r,
                 f"n={d.size} mean {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] on worse in {int((d > 0).sum())}/{d.size}",
             )
-print("\n## asha stop rate by arm at rung 1 and 3 (stopped_at_epoch)")
+print("\n## asha stops by arm and rung (stopped_at_epoch)")
 for gate in ("topk", "hash"):
     for ls in ("on", "off"):
         ks = [k for k in S if k[:3] == (gate, ls, "asha")]
@@ -112,7 +117,7 @@ for gate in ("topk", "hash"):
             ls,
             "n",
             len(ts),
-            {r: sum(1 for x in at if x == str(r)) for r in (1, 3, 9, 27)},
-            "ran 60:",
-            sum(t.data.metrics.get("epochs_run") == 60 for t in ts),
+            {r: sum(1 for x in at if x == str(r)) for r in RUNGS},
+            f"ran {MAX}:",
+            sum(t.data.metrics.get("epochs_run") == MAX for t in ts),
         )

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+from typing import Any
 
 import ray
 
@@ -68,7 +69,13 @@ def start_ray(tuner: TunerConfig) -> dict[str, float]:
         # report (the next trial waits on them), and the sweep's record is the tracking store
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # a failed trial gets one line from us
-        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        kwargs: dict[str, Any] = dict(
+            include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR"
+        )
+        # each worker imports what a trial needs (torch, the model, the trainer: seconds) when it starts; Ray
+        # starts a worker per CPU with the instance, and a trial actor takes one, so the first trials'
+        # imports overlap the driver's setup instead of following it
+        kwargs["runtime_env"] = {"worker_process_setup_hook": "moetune.tuning.trial.import_trial_modules"}
         if tuner.ray_address:
             ray.init(address=tuner.ray_address, **kwargs)
         else:
