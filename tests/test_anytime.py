@@ -14,11 +14,13 @@ from moetune.report.anytime import (
     anytime_curve,
     anytime_group,
     compute_reduction,
+    exact_curve,
     length_mismatches,
     study_anytime_curve,
     sweep_anytime,
     sweep_reductions,
 )
+from moetune.report.budget import budget_curve
 from moetune.tracking import tags
 from moetune.tracking.base import RecordedStudy, RecordedTrial
 
@@ -189,3 +191,18 @@ def test_a_sweep_groups_repeats_by_everything_but_the_seed_and_counts_pairs_of_d
     # full length reaches it first at 4 epochs (.6); asha's off curve .9 .8 .8 never does within its 17
     assert (reductions[1].q, reductions[1].factor) == (pytest.approx(0.65), 4 / 17)
     assert reductions[1].text().startswith("< 0.235x (censored: the off curve never reaches q)")
+
+
+def test_the_exact_random_search_curve_costs_n_times_the_mean_trial_cost():
+    """REPEAT_1 and REPEAT_2 pooled: 6 trials, one failed (no cost); epochs 3 + 2 + 9 + 4 + 4 = 22, so n
+    trials cost 22n/6 on average; seconds likewise (3 + 2.5 + 9 + 4.5 + 4 = 23)."""
+    studies = [scheduled_study("on", "none", 0, REPEAT_1), scheduled_study("on", "none", 1, REPEAT_2)]
+    trials = REPEAT_1 + REPEAT_2
+    val = [t.metrics.get("best_val_loss", math.nan) for t in trials]
+    test = [t.metrics.get("test_loss", math.nan) for t in trials]
+    curve = budget_curve(val, test, failed=[t.status == "FAILED" for t in trials], resamples=0)
+    epochs = exact_curve(studies, curve, "test_loss", "epochs")
+    np.testing.assert_allclose(epochs.x, curve.budgets * 22 / 6)
+    np.testing.assert_allclose(epochs.value, curve.value)
+    assert (epochs.group, epochs.repeats, epochs.estimator) == (anytime_group(studies[0]), 2, curve.estimator)
+    np.testing.assert_allclose(exact_curve(studies, curve, "test_loss", "seconds").x, curve.budgets * 23 / 6)

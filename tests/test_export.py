@@ -761,8 +761,21 @@ def test_the_export_draws_anytime_curves_against_compute_per_arm_and_scheduler(t
     rows = _read_csv(files["anytime.csv"])
     assert list(rows[0]) == [
         "gate", "arm", "dataset", "task_weights", "sampler", "scheduler", "metric", "cost_axis", "cost", "mean",
-        "low", "high", "repeats",
+        "low", "high", "repeats", "estimator",
     ]  # fmt: skip
+    exact = [r for r in rows if r["estimator"] != "mean_over_repeats"]
+    rows = [r for r in rows if r["estimator"] == "mean_over_repeats"]
+    # full-length random search's exact curve beside the bands, for each arm and axis (never for asha's):
+    # on's pooled six trials of 9 epochs (18 s) each: budget n costs 9n epochs; at n = 1 the expected test
+    # loss of one trial drawn at random, (.6 + .5 + .4 + .7 + .6 + .5) / 6 = .55
+    assert {(r["arm"], r["scheduler"], r["cost_axis"]) for r in exact} == {
+        (arm, "none", axis) for arm in ("on", "off") for axis in ("epochs", "seconds")
+    }
+    on_epochs = [r for r in exact if r["arm"] == "on" and r["cost_axis"] == "epochs"]
+    assert (float(on_epochs[0]["cost"]), float(on_epochs[0]["mean"])) == (9.0, pytest.approx(0.55))
+    assert all(float(r["cost"]) % 9 == 0 for r in on_epochs) and on_epochs[0]["repeats"] == "2"
+    on_seconds = [r for r in exact if r["arm"] == "on" and r["cost_axis"] == "seconds"]
+    assert [float(r["cost"]) for r in on_seconds] == [2 * float(r["cost"]) for r in on_epochs]
     on_asha = [(float(r["cost"]), float(r["mean"])) for r in rows if r["arm"] == "on" and r["scheduler"] == "asha"
                and r["cost_axis"] == "epochs"]  # fmt: skip
     # by hand: seed 0 after trials 0, 1, 2 -> costs 9, 10, 13, selected test .6, .5 (val .4), .5;
@@ -775,6 +788,7 @@ def test_the_export_draws_anytime_curves_against_compute_per_arm_and_scheduler(t
     assert {r["sampler"] for r in _read_csv(files["paired.csv"])} == {"random", "random+asha"}
     summary = files["summary.md"].read_text()
     assert "## Budget against compute" in summary and "bootstrap 90% interval over repeats" in summary
+    assert "full-length random search's exact budget curve" in summary
     # pairs of asha's on and off: seed 0 ran 9/9, 1/3, 3/1; seed 1 9/9, 1/1, 1/3 -> 3 of 6 differ
     assert "Top-k, synthetic, asha, on − off: 3 of 6 pairs ran to different `epochs_run`" in summary
     # on over off (asha, epochs): reference .25 x min(13, 11, 13, 13) = 2.75, but answers only from 9 -> 9:

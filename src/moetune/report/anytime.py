@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from moetune.contract import EPOCHS_RUN, WALL_SECONDS, higher_is_better
+from moetune.report.budget import Curve
 from moetune.report.labels import ARM_ORDER
 from moetune.tracking import tags
 from moetune.tracking.base import RecordedStudy, RecordedTrial
@@ -222,6 +223,42 @@ def sweep_anytime(
             band = anytime_band(curves, resamples=resamples, seed=seed, level=level)
             out.append(AnytimeResult(group, cost, metric, curves, band))
     return out
+
+
+@dataclass(frozen=True)
+class ExactCurve:
+    """Random search's exact expected best of n trials (``report.budget``, curves.csv) put on a cost axis:
+    budget n costs n x the mean cost of one of the group's trials (a failed trial costs nothing). Drawn beside
+    the anytime bands, so scheduled studies are read against random search's own estimator at equal compute."""
+
+    group: AnytimeGroup
+    cost: str
+    metric: str
+    estimator: str  # the budget curve's (expected_max_with_replacement, ...)
+    x: np.ndarray  # n x mean cost per trial
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    repeats: int  # studies pooled
+
+
+def exact_curve(studies: Sequence[RecordedStudy], curve: Curve, metric: str, cost: str) -> ExactCurve:
+    """The exact ``curve`` of one full-length random-search group (its pooled ``studies``) on ``cost``'s axis."""
+    trials = [t for s in studies for t in s.trials if t.status in ("FINISHED", "FAILED")]
+    spent = [t.metrics.get(COSTS[cost]) for t in trials]
+    total = sum(c for c in spent if c is not None and math.isfinite(c))
+    per_trial = total / len(trials) if trials else math.nan
+    return ExactCurve(
+        anytime_group(studies[0]),
+        cost,
+        metric,
+        curve.estimator,
+        np.asarray(curve.budgets, dtype=float) * per_trial,
+        np.asarray(curve.value, dtype=float),
+        np.asarray(curve.low, dtype=float),
+        np.asarray(curve.high, dtype=float),
+        len(studies),
+    )
 
 
 def _mean(curves: Sequence[AnytimeCurve], grid: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
 """The export's anytime figures: per gate and setting one panel, one line per (arm, scheduler) with its band,
 against cumulative training epochs (``anytime_<metric>``) or seconds (``anytime_seconds_<metric>``), so a
-multi-fidelity study and a full-length one are drawn on the same compute axis. PNG and SVG (matplotlib).
+multi-fidelity study and a full-length one are drawn on the same compute axis; beside them, thin and dotted,
+full-length random search's exact expected best of n trials at n x its mean trial cost. PNG and SVG
+(matplotlib).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from moetune.report.anytime import (
     AnytimeGroup,
     AnytimeResult,
     ComputeReduction,
+    ExactCurve,
 )
 from moetune.report.figures import ARM_COLORS, BAND_ALPHA, MAX_COLS, OTHER_COLOR
 from moetune.report.labels import ARM_LABELS, ARM_ORDER, GATE_LABELS, setting_text
@@ -37,7 +40,9 @@ def stem(metric: str, cost: str) -> str:
     return f"anytime_{metric}" if cost == "epochs" else f"anytime_{cost}_{metric}"
 
 
-def write_figures(folder: Path, results: Sequence[AnytimeResult], level: float) -> list[str]:
+def write_figures(
+    folder: Path, results: Sequence[AnytimeResult], exact: Sequence[ExactCurve], level: float
+) -> list[str]:
     """One figure per cost axis (epochs, then seconds) as PNG and SVG; returns the file names."""
     names = []
     for cost in ("epochs", "seconds"):
@@ -45,12 +50,16 @@ def write_figures(folder: Path, results: Sequence[AnytimeResult], level: float) 
         if not mine:
             continue
         name = stem(mine[0].metric, cost)
-        render(mine, folder / f"{name}.png", folder / f"{name}.svg", level)
+        render(mine, [e for e in exact if e.cost == cost], folder / f"{name}.png", folder / f"{name}.svg", level)
         names += [f"{name}.png", f"{name}.svg"]
     return names
 
 
-def render(results: Sequence[AnytimeResult], png: Path, svg: Path, level: float) -> None:
+def exact_label(curve: ExactCurve) -> str:
+    return f"{ARM_LABELS.get(curve.group.arm, curve.group.arm)}, random search, exact (n x mean trial cost)"
+
+
+def render(results: Sequence[AnytimeResult], exact: Sequence[ExactCurve], png: Path, svg: Path, level: float) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     settings = sorted({(r.group.dataset, r.group.task_weights) for r in results})
@@ -81,6 +90,13 @@ def render(results: Sequence[AnytimeResult], png: Path, svg: Path, level: float)
                     )
                 style = SCHEDULER_STYLES.get(r.group.scheduler, "-.")
                 ax.step(b.grid[ok], b.mean[ok], style, where="post", color=color, label=series_label(r))
+            for e in exact:
+                g = e.group
+                if (g.dataset, g.task_weights, g.gate) != (*setting, gate):
+                    continue
+                color = tuple(v / 255 for v in ARM_COLORS.get(g.arm, OTHER_COLOR))
+                ok = np.isfinite(e.x) & np.isfinite(e.value)
+                ax.plot(e.x[ok], e.value[ok], linestyle=(0, (1, 1)), linewidth=1.2, color=color, label=exact_label(e))
             ax.set_xscale("log")
             ax.set_title(f"{GATE_LABELS.get(gate, gate)} — {setting_text(*setting)}", fontsize="medium")
             ax.set_xlabel(COST_LABELS[cost])
@@ -90,7 +106,8 @@ def render(results: Sequence[AnytimeResult], png: Path, svg: Path, level: float)
             ax.legend(fontsize="small")
     fig.suptitle(
         f"{metric} of the trial selected by validation so far, against {COST_LABELS[cost]}\n"
-        f"mean over repeats (seeds), band: bootstrap {level:.0%} interval over repeats",
+        f"mean over repeats (seeds), band: bootstrap {level:.0%} interval over repeats; thin dotted: "
+        "random search's exact expected best of n trials at n x its mean trial cost",
         fontsize="medium",
     )
     fig.savefig(png, dpi=110)
@@ -114,15 +131,19 @@ CSV_COLUMNS = [
     "low",
     "high",
     "repeats",
+    "estimator",
 ]
+BAND_ESTIMATOR = "mean_over_repeats"
 
 
 def _num(x: float | None) -> str:
     return "" if x is None or not np.isfinite(x) else repr(float(x))
 
 
-def write_csv(path: Path, results: Sequence[AnytimeResult]) -> None:
-    """Tidy: one row per group, cost axis and cost of its grid (the costs any repeat reaches)."""
+def write_csv(path: Path, results: Sequence[AnytimeResult], exact: Sequence[ExactCurve] = ()) -> None:
+    """Tidy: one row per group, cost axis and cost of its grid (the costs any repeat reaches), estimator
+    ``mean_over_repeats``; then the exact curves, one row per budget n (cost = n x mean trial cost), with
+    their budget curve's estimator and band (curves.csv)."""
     import csv
 
     with open(path, "w", newline="") as f:
@@ -133,7 +154,14 @@ def write_csv(path: Path, results: Sequence[AnytimeResult]) -> None:
             for j, c in enumerate(b.grid):
                 w.writerow(
                     [g.gate, g.arm, g.dataset, g.task_weights, g.sampler, g.scheduler, r.metric, r.cost]
-                    + [_num(c), _num(b.mean[j]), _num(b.low[j]), _num(b.high[j]), b.repeats]
+                    + [_num(c), _num(b.mean[j]), _num(b.low[j]), _num(b.high[j]), b.repeats, BAND_ESTIMATOR]
+                )
+        for e in exact:
+            g = e.group
+            for j, c in enumerate(e.x):
+                w.writerow(
+                    [g.gate, g.arm, g.dataset, g.task_weights, g.sampler, g.scheduler, e.metric, e.cost]
+                    + [_num(c), _num(e.value[j]), _num(e.low[j]), _num(e.high[j]), e.repeats, e.estimator]
                 )
 
 
@@ -143,6 +171,7 @@ def _fmt(x: float) -> str:
 
 def summary_lines(
     results: Sequence[AnytimeResult],
+    exact: Sequence[ExactCurve],
     reductions: Sequence[ComputeReduction],
     mismatches: Mapping[tuple[AnytimeGroup, str], tuple[int, int]],
     level: float,
@@ -165,6 +194,16 @@ def summary_lines(
         f"{', '.join(map(str, repeats))}.",
         "",
     ]
+    if exact:
+        lines += [
+            "Beside them (thin, dotted; rows of anytime.csv with estimator "
+            f"{', '.join(sorted({e.estimator for e in exact}))}): full-length random search's exact budget curve "
+            "(curves.csv: the expected test value of the trial that n trials drawn from the group's pooled "
+            "trials select), drawn at cost n x the group's mean cost per trial. It is the estimator of the "
+            "budget tables above, not a curve of one trial order, and its cost axis is an average: trials that "
+            "early stopping ends sooner cost less than the mean.",
+            "",
+        ]
     arm_rows = [c for c in reductions if " vs " not in c.scheduler]
     if arm_rows:
         lines += [
