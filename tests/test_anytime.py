@@ -20,7 +20,6 @@ from moetune.report.anytime import (
     sweep_anytime,
     sweep_reductions,
 )
-from moetune.report.budget import budget_curve
 from moetune.tracking import tags
 from moetune.tracking.base import RecordedStudy, RecordedTrial
 
@@ -193,16 +192,18 @@ def test_a_sweep_groups_repeats_by_everything_but_the_seed_and_counts_pairs_of_d
     assert reductions[1].text().startswith("< 0.235x (censored: the off curve never reaches q)")
 
 
-def test_the_exact_random_search_curve_costs_n_times_the_mean_trial_cost():
-    """REPEAT_1 and REPEAT_2 pooled: 6 trials, one failed (no cost); epochs 3 + 2 + 9 + 4 + 4 = 22, so n
-    trials cost 22n/6 on average; seconds likewise (3 + 2.5 + 9 + 4.5 + 4 = 23)."""
-    studies = [scheduled_study("on", "none", 0, REPEAT_1), scheduled_study("on", "none", 1, REPEAT_2)]
-    trials = REPEAT_1 + REPEAT_2
-    val = [t.metrics.get("best_val_loss", math.nan) for t in trials]
-    test = [t.metrics.get("test_loss", math.nan) for t in trials]
-    curve = budget_curve(val, test, failed=[t.status == "FAILED" for t in trials], resamples=0)
-    epochs = exact_curve(studies, curve, "test_loss", "epochs")
-    np.testing.assert_allclose(epochs.x, curve.budgets * 22 / 6)
-    np.testing.assert_allclose(epochs.value, curve.value)
-    assert (epochs.group, epochs.repeats, epochs.estimator) == (anytime_group(studies[0]), 2, curve.estimator)
-    np.testing.assert_allclose(exact_curve(studies, curve, "test_loss", "seconds").x, curve.budgets * 23 / 6)
+def test_the_exact_random_search_curve_is_averaged_over_repeats_at_n_times_the_mean_trial_cost():
+    """Per repeat (a seed may have its own data split), then the mean. Repeat 1: (val, test) (1.0, .9), (.8, .85);
+    repeat 2: (.5, .65), (.7, .55). One trial drawn at random: .875 and .6; the better-validated of two drawn
+    with replacement is the first-ranked one with probability 3/4: .8625 and .625. Epochs 3 + 2 + 4 + 4 = 13
+    over 4 trials; a failed trial adds a trial and no cost."""
+    one = [trial(0, 1.0, 0.9, 3, seconds=1.0), trial(1, 0.8, 0.85, 2, seconds=1.0)]
+    two = [trial(0, 0.5, 0.65, 4, seconds=1.0), trial(1, 0.7, 0.55, 4, seconds=1.0)]
+    studies = [scheduled_study("on", "none", 0, one), scheduled_study("on", "none", 1, two)]
+    epochs = exact_curve(studies, "best_val_loss", "test_loss", "epochs")
+    np.testing.assert_allclose(epochs.x, [13 / 4, 26 / 4])
+    np.testing.assert_allclose(epochs.value, [(0.875 + 0.6) / 2, (0.8625 + 0.625) / 2])
+    assert (epochs.group, epochs.repeats) == (anytime_group(studies[0]), 2)
+    failed = trial(2, None, None, None, seconds=float("nan"), status="FAILED")
+    studies[1] = scheduled_study("on", "none", 1, [*two, failed])
+    np.testing.assert_allclose(exact_curve(studies, "best_val_loss", "test_loss", "epochs").x, [13 / 5, 26 / 5])

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from moetune.contract import EPOCHS_RUN, WALL_SECONDS, higher_is_better
-from moetune.report.budget import Curve
+from moetune.report.budget import expected_best_curve
 from moetune.report.labels import ARM_ORDER
 from moetune.tracking import tags
 from moetune.tracking.base import RecordedStudy, RecordedTrial
@@ -227,37 +227,55 @@ def sweep_anytime(
 
 @dataclass(frozen=True)
 class ExactCurve:
-    """Random search's exact expected best of n trials (``report.budget``, curves.csv) put on a cost axis:
-    budget n costs n x the mean cost of one of the group's trials (a failed trial costs nothing). Drawn beside
-    the anytime bands, so scheduled studies are read against random search's own estimator at equal compute."""
+    """Random search's exact expected best of n trials (``report.budget.expected_best_curve``) put on a cost
+    axis: per repeat (seed) over its own trials, then the mean over repeats, at n x the mean cost of a trial
+    (a failed trial costs nothing). Per repeat, not pooled: a seed may draw its own data split
+    (``dataset.seed: ${seed}``), and validation values of different splits do not rank trials against each
+    other. Drawn beside the anytime bands, so scheduled studies are read against random search's own
+    estimator at equal compute."""
 
     group: AnytimeGroup
     cost: str
     metric: str
-    estimator: str  # the budget curve's (expected_max_with_replacement, ...)
-    x: np.ndarray  # n x mean cost per trial
+    x: np.ndarray  # n x mean cost per trial, n = 1 .. the fewest trials of a repeat
     value: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    repeats: int  # studies pooled
+    repeats: int
+
+    estimator = "expected_best_per_repeat"
 
 
-def exact_curve(studies: Sequence[RecordedStudy], curve: Curve, metric: str, cost: str) -> ExactCurve:
-    """The exact ``curve`` of one full-length random-search group (its pooled ``studies``) on ``cost``'s axis."""
-    trials = [t for s in studies for t in s.trials if t.status in ("FINISHED", "FAILED")]
-    spent = [t.metrics.get(COSTS[cost]) for t in trials]
-    total = sum(c for c in spent if c is not None and math.isfinite(c))
-    per_trial = total / len(trials) if trials else math.nan
+def exact_curve(studies: Sequence[RecordedStudy], selection: str, metric: str, cost: str) -> ExactCurve:
+    """The exact curve of one full-length random-search group (its repeats ``studies``) on ``cost``'s axis."""
+    up = higher_is_better(selection)
+    per_repeat, spent, n_trials = [], 0.0, 0
+    for study in studies:
+        trials = [t for t in study.trials if t.status in ("FINISHED", "FAILED")]
+        ok = [
+            t.finished
+            and math.isfinite(t.metrics.get(selection, math.nan))
+            and math.isfinite(t.metrics.get(metric, math.nan))
+            for t in trials
+        ]
+        per_repeat.append(
+            (
+                [t.metrics[selection] if f else math.nan for t, f in zip(trials, ok, strict=True)],
+                [t.metrics[metric] if f else math.nan for t, f in zip(trials, ok, strict=True)],
+                [not f for f in ok],
+            )
+        )
+        costs = [t.metrics.get(COSTS[cost]) for t in trials]
+        spent += sum(c for c in costs if c is not None and math.isfinite(c))
+        n_trials += len(trials)
+    n = min(len(val) for val, _, _ in per_repeat) if per_repeat else 0
+    budgets = np.arange(1, n + 1)
+    curves = [
+        expected_best_curve(val, test, failed=failed, val_higher_is_better=up, budgets=budgets)
+        for val, test, failed in per_repeat
+    ]
+    value = np.mean(curves, axis=0) if n else np.array([])
+    per_trial = spent / n_trials if n_trials else math.nan
     return ExactCurve(
-        anytime_group(studies[0]),
-        cost,
-        metric,
-        curve.estimator,
-        np.asarray(curve.budgets, dtype=float) * per_trial,
-        np.asarray(curve.value, dtype=float),
-        np.asarray(curve.low, dtype=float),
-        np.asarray(curve.high, dtype=float),
-        len(studies),
+        anytime_group(studies[0]), cost, metric, budgets * per_trial, np.asarray(value, float), len(studies)
     )
 
 

@@ -55,12 +55,17 @@ def write_figures(
     return names
 
 
+def _plain(value: float, _position) -> str:
+    return f"{value:g}"
+
+
 def exact_label(curve: ExactCurve) -> str:
     return f"{ARM_LABELS.get(curve.group.arm, curve.group.arm)}, random search, exact (n x mean trial cost)"
 
 
 def render(results: Sequence[AnytimeResult], exact: Sequence[ExactCurve], png: Path, svg: Path, level: float) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     settings = sorted({(r.group.dataset, r.group.task_weights) for r in results})
     gates = sorted({r.group.gate for r in results})
@@ -98,6 +103,9 @@ def render(results: Sequence[AnytimeResult], exact: Sequence[ExactCurve], png: P
                 ok = np.isfinite(e.x) & np.isfinite(e.value)
                 ax.plot(e.x[ok], e.value[ok], linestyle=(0, (1, 1)), linewidth=1.2, color=color, label=exact_label(e))
             ax.set_xscale("log")
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # 20, 50, 100, 200, 500: few labels, plain
+            ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+            ax.xaxis.set_minor_formatter(FuncFormatter(_plain))
             ax.set_title(f"{GATE_LABELS.get(gate, gate)} — {setting_text(*setting)}", fontsize="medium")
             ax.set_xlabel(COST_LABELS[cost])
             if j % n_cols == 0:
@@ -142,8 +150,8 @@ def _num(x: float | None) -> str:
 
 def write_csv(path: Path, results: Sequence[AnytimeResult], exact: Sequence[ExactCurve] = ()) -> None:
     """Tidy: one row per group, cost axis and cost of its grid (the costs any repeat reaches), estimator
-    ``mean_over_repeats``; then the exact curves, one row per budget n (cost = n x mean trial cost), with
-    their budget curve's estimator and band (curves.csv)."""
+    ``mean_over_repeats``; then the exact curves, one row per budget n (cost = n x mean trial cost), estimator
+    ``expected_best_per_repeat``, no band."""
     import csv
 
     with open(path, "w", newline="") as f:
@@ -161,7 +169,7 @@ def write_csv(path: Path, results: Sequence[AnytimeResult], exact: Sequence[Exac
             for j, c in enumerate(e.x):
                 w.writerow(
                     [g.gate, g.arm, g.dataset, g.task_weights, g.sampler, g.scheduler, e.metric, e.cost]
-                    + [_num(c), _num(e.value[j]), _num(e.low[j]), _num(e.high[j]), e.repeats, e.estimator]
+                    + [_num(c), _num(e.value[j]), "", "", e.repeats, e.estimator]
                 )
 
 
@@ -175,6 +183,7 @@ def summary_lines(
     reductions: Sequence[ComputeReduction],
     mismatches: Mapping[tuple[AnytimeGroup, str], tuple[int, int]],
     level: float,
+    drawn: bool = True,
 ) -> list[str]:
     """summary.md's section "Budget against compute": the estimator, the compute reductions, and for
     scheduled studies how many on/off pairs ran to different lengths."""
@@ -185,8 +194,14 @@ def summary_lines(
     lines = [
         "## Budget against compute",
         "",
-        f"Anytime curves (anytime.csv, anytime_{metric}.png against cumulative training epochs, "
-        f"anytime_seconds_{metric}.png against cumulative training seconds): after each trial, in trial order, "
+        (
+            f"Anytime curves (anytime.csv, anytime_{metric}.png against cumulative training epochs, "
+            f"anytime_seconds_{metric}.png against cumulative training seconds): "
+            if drawn
+            else "Anytime curves (anytime.csv; no figures: with one study per curve and no scheduler they add "
+            "nothing to the budget figures against compute): "
+        )
+        + "after each trial, in trial order, "
         f"the {metric} of the trial selected by validation so far, against the training cost spent so far "
         "(a stopped trial costs the epochs it ran). Estimator: the mean over repeats (the studies of one gate, "
         f"arm, setting, sampler and scheduler that differ only by seed) with a bootstrap {level:.0%} interval "
@@ -196,12 +211,12 @@ def summary_lines(
     ]
     if exact:
         lines += [
-            "Beside them (thin, dotted; rows of anytime.csv with estimator "
-            f"{', '.join(sorted({e.estimator for e in exact}))}): full-length random search's exact budget curve "
-            "(curves.csv: the expected test value of the trial that n trials drawn from the group's pooled "
-            "trials select), drawn at cost n x the group's mean cost per trial. It is the estimator of the "
-            "budget tables above, not a curve of one trial order, and its cost axis is an average: trials that "
-            "early stopping ends sooner cost less than the mean.",
+            "Beside them (thin, dotted; rows of anytime.csv with estimator expected_best_per_repeat, no band): "
+            "full-length random search's exact budget curve, the expected test value of the trial that n trials "
+            "drawn from a repeat's trials select (curves.csv's estimator, computed per repeat and averaged over "
+            "repeats, since a seed may draw its own data split), at cost n x the group's mean cost per trial. "
+            "It is not a curve of one trial order, and its cost axis is an average: trials that early stopping "
+            "ends sooner cost less than the mean.",
             "",
         ]
     arm_rows = [c for c in reductions if " vs " not in c.scheduler]

@@ -90,7 +90,7 @@ def export_sweep(
         )
         axes = [c for c in anytime.COSTS if any(r.cost == c for r in curves)]
         exact = [  # full-length random search's exact curve, on the same axes
-            anytime.exact_curve(r.studies, r.curve, r.metric, cost)
+            anytime.exact_curve(r.studies, selection, r.metric, cost)
             for r in analysis.curves
             if r.metric == analysis.headline and r.sampler == "random" and r.curve.estimator != "running_best"
             for cost in axes
@@ -98,7 +98,9 @@ def export_sweep(
         up = higher_is_better(analysis.headline)
         compute = anytime.sweep_reductions(curves, up=up, resamples=resamples, seed=seed, level=level)
         mismatches = anytime.length_mismatches(sweep.studies)
-        appendix = anytime_figure.summary_lines(curves, exact, compute, mismatches, level)
+        # the figures add to the budget figures only with a scheduled study or repeats (seeds) to average
+        drawn = any(r.group.scheduler != "none" or r.band.repeats > 1 for r in curves)
+        appendix = anytime_figure.summary_lines(curves, exact, compute, mismatches, level, drawn)
         appendix += trials_table.diagnostics_lines(sweep.studies) + importance.summary_lines(imps)
         names = tables.write_tables(tmp, experiment_name, analysis, appendix) + figures.write_figures(tmp, analysis)
         trials_table.write_csv(tmp / "trials.csv", sweep.studies)
@@ -106,7 +108,7 @@ def export_sweep(
         importance.write_csv(tmp / "importance.csv", imps)
         names += ["trials.csv", "paired.csv", "importance.csv"] + paired_figure.write_figures(tmp, analysis.paired)
         anytime_figure.write_csv(tmp / "anytime.csv", curves, exact)
-        names += ["anytime.csv"] + anytime_figure.write_figures(tmp, curves, exact, level)
+        names += ["anytime.csv"] + (anytime_figure.write_figures(tmp, curves, exact, level) if drawn else [])
         for name in names:
             os.replace(tmp / name, out / name)
     finally:

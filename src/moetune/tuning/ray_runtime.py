@@ -72,10 +72,6 @@ def start_ray(tuner: TunerConfig) -> dict[str, float]:
         kwargs: dict[str, Any] = dict(
             include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR"
         )
-        # each worker imports what a trial needs (torch, the model, the trainer: seconds) when it starts; Ray
-        # starts a worker per CPU with the instance, and a trial actor takes one, so the first trials'
-        # imports overlap the driver's setup instead of following it
-        kwargs["runtime_env"] = {"worker_process_setup_hook": "moetune.tuning.trial.import_trial_modules"}
         if tuner.ray_address:
             ray.init(address=tuner.ray_address, **kwargs)
         else:

@@ -21,10 +21,6 @@ STUDY, NUMBER = "moetune.study", "moetune.trial"  # keys of a trial's config nam
 _DATA_CACHE: dict[str, MultiTaskData] = {}
 
 
-def import_trial_modules() -> None:
-    """Ray's worker setup hook (moetune.tuning.ray_runtime.start_ray): importing this module is the work."""
-
-
 def cached_dataset(params: dict) -> MultiTaskData:
     """Load a dataset once per process (Ray reuses trial actors, so once per worker)."""
     key = json.dumps(params, sort_keys=True, default=str)
