@@ -565,6 +565,7 @@ def test_top_trials_are_the_best_five_percent_by_validation(exported, store):
     assert top.mean == pytest.approx(best3.mean()) and top.stderr == pytest.approx(best3.std(ddof=1) / np.sqrt(3))
 
 
+@pytest.mark.slow  # two whole exports
 def test_a_new_export_replaces_the_previous_export_run(store, tmp_path):
     uri, _, _ = store
     client = MlflowClient(uri)

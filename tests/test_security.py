@@ -50,6 +50,7 @@ def one_error(proc: subprocess.CompletedProcess) -> str:
 # ------------------------------------------------------------------ no services needed
 
 
+@pytest.mark.slow  # waits out a 5 s connection timeout
 def test_unreachable_database_uri_is_one_line_in_seconds(workdir):
     proc, seconds = cli(workdir, {}, "sweep.name=db", "tracking.uri=postgresql+psycopg2://nobody@127.0.0.1:1/x")
     line = one_error(proc)
