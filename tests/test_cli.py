@@ -48,7 +48,7 @@ def sweep_experiments(client: MlflowClient) -> list:
 def test_main_command_without_sweep_name_is_one_experiment_with_its_export(workdir):
     """The README's main command with no sweep.name (only tiny sizes): one experiment, four studies, the
     export and the answer printed; trials start from different initial weights, each one reproducible;
-    no Ray process outlives the command (Ray stops in a thread while the export runs)."""
+    no Ray process outlives the command (Ray is stopped before the export)."""
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     proc = run_cli(
         workdir,

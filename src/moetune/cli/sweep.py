@@ -31,7 +31,7 @@ def run_sweep_or_exit(job_configs: list[DictConfig], sweep_dir: Path) -> list[di
     anything starts; a signal or an interrupt exits 130 (143 for SIGTERM) with the command to resume."""
     from moetune.tuning.driver import SweepInterrupted, run_sweep
     from moetune.tuning.planning import plan_study
-    from moetune.tuning.ray_runtime import stop_ray_in_background
+    from moetune.tuning.ray_runtime import stop_ray
 
     try:
         datasets: dict = {}
@@ -47,7 +47,7 @@ def run_sweep_or_exit(job_configs: list[DictConfig], sweep_dir: Path) -> list[di
     except KeyboardInterrupt:
         print("interrupted before the sweep started; nothing was run", file=sys.stderr)
         sys.exit(130)
-    stop_ray_in_background()  # the sweep is over: Ray stops while the export runs
+    stop_ray()  # the sweep is over, before the export and its signal handlers
     for summary in summaries:
         print(f"[{summary['study']}] done: {summary['trials_finished']} finished, {summary['trials_failed']} failed")
     return summaries

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from typing import Any
 
 import ray
@@ -83,13 +82,9 @@ def start_ray(tuner: TunerConfig) -> dict[str, float]:
     return resources
 
 
-def stop_ray_in_background() -> threading.Thread | None:
-    """Disconnect from Ray, and stop the processes of a local instance, while the command goes on (the
-    export needs no Ray): the 1 to 2 s this takes overlaps the export instead of following it. The thread
-    is not a daemon, so the interpreter waits for it before it exits and no Ray process outlives the
-    command; Ray's own exit hook then finds nothing to do."""
-    if not ray.is_initialized():
-        return None
-    thread = threading.Thread(target=ray.shutdown, name="moetune-ray-shutdown")
-    thread.start()
-    return thread
+def stop_ray() -> None:
+    """Disconnect from Ray, and stop a local instance's processes, once the sweep is over (the export needs no
+    Ray): Ray's own exit hook would first sleep half a second. Not in a thread beside the export: Ray's shutdown
+    resets SIGTERM to its default action, so it must come before the export installs its signal handlers."""
+    if ray.is_initialized():
+        ray.shutdown()
