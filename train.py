@@ -7,7 +7,7 @@ python train.py -m gate=topk,hash local_search=on,off   # four studies in one ML
 import hydra
 from omegaconf import DictConfig
 
-from moetune.cli.sweep import run_job
+from moetune.cli.sweep import exit_without_teardown, run_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -17,3 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_without_teardown()

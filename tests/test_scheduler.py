@@ -23,7 +23,16 @@ from moetune.config import (
     TrainConfig,
     check_study,
 )
-from moetune.contract import EPOCHS_RUN, STOPPED_AT, VAL_LOSS, FinalReport, Outcome, outcome_of
+from moetune.contract import (
+    EPOCHS_RUN,
+    STOPPED_AT,
+    VAL_LOSS,
+    EpochReport,
+    FinalReport,
+    Outcome,
+    epochs_to_tune,
+    outcome_of,
+)
 from moetune.errors import ConfigError
 from moetune.tracking import LedgerEntry
 from moetune.tracking import tags as T
@@ -106,7 +115,7 @@ def test_a_final_report_with_stopped_at_is_pruned_and_counts_as_finished():
     assert outcome_of(stopped) is Outcome.PRUNED and Outcome.PRUNED.status == "FINISHED"
     assert outcome_of(finished) is Outcome.FINISHED
     assert outcome_of(stopped, "boom") is Outcome.FAILED
-    assert outcome_of({"report": "epoch", "epoch": 2, "metrics": {}, "val_loss": 1.0}) is Outcome.STOPPED
+    assert outcome_of(epochs_to_tune([EpochReport(2, {"val_loss": 1.0})], "val_loss")) is Outcome.STOPPED
 
 
 def test_tpe_is_told_a_stopped_trial_as_pruned_with_its_epochs_live_and_on_resume():

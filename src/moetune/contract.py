@@ -2,14 +2,18 @@
 
 A trial reports to Ray Tune, in this order:
 
-- one ``EpochReport`` per epoch: ``train_loss``, ``val_loss`` and ``val_<task>_<metric>`` (step = epoch);
+- an ``EpochReport`` for every epoch: ``train_loss``, ``val_loss`` and ``val_<task>_<metric>`` (step =
+  epoch), sent in batches at most every few seconds (moetune.tuning.trial.EpochSender): Tune holds a
+  trial at each report until the driver's loop has taken it, tens of milliseconds, so one report per epoch
+  of a short trial costs more than its training;
 - one ``FinalReport`` when it ends normally: ``best_val_*`` and ``test_*`` metrics at the best epoch,
   ``best_epoch``, wall and CPU seconds, ``active_experts_mean`` (and ``routing_nmi`` where the data
-  knows its true routing), plus diagnostics as plain data (the permutation, per-expert loads, ...).
+  knows its true routing), plus diagnostics as plain data (the permutation, per-expert loads, ...). It
+  carries the epochs not sent yet.
 
-Each report is one Tune result: ``{"report": "epoch" | "final", "metrics": {...}, ...}``, with the
-tuner's selection metric also at the top level, where Tune's own result handling finds a metric; the
-driver reads the report back with ``parse_report``.
+Each report is one Tune result: ``{"report": "epochs" | "final", "epochs": [[epoch, {...}], ...], ...}``,
+with the tuner's selection metric also at the top level, where Tune's own result handling finds a metric;
+the driver reads the epochs back with ``reported_epochs`` and the final report with ``parse_report``.
 
 From what Tune saw, the driver decides one ``Outcome`` per trial: FINISHED (its final report came),
 PRUNED (its final report came, and says the study's scheduler stopped it: diagnostics ``STOPPED_AT``),
@@ -24,6 +28,7 @@ This module imports nothing heavy: trial workers, the tracker and the estimator 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +130,7 @@ def higher_is_better(metric_name: str) -> bool:
 # ---------------------------------------------------------------- reports and outcomes
 
 REPORT = "report"
-EPOCH = "epoch"
+EPOCHS = "epochs"  # a report's kind (a batch of epochs) and the key of the epochs any report carries
 FINAL = "final"
 
 
@@ -134,8 +139,14 @@ class EpochReport:
     epoch: int  # 1-based
     metrics: dict[str, float]
 
-    def to_tune(self, selection: str) -> dict[str, Any]:
-        return {REPORT: EPOCH, EPOCH: self.epoch, "metrics": dict(self.metrics), selection: self.metrics[selection]}
+
+def _epochs_to_tune(epochs: Sequence[EpochReport]) -> list[list[Any]]:
+    return [[e.epoch, dict(e.metrics)] for e in epochs]
+
+
+def epochs_to_tune(epochs: Sequence[EpochReport], selection: str) -> dict[str, Any]:
+    """A batch of epochs as one Tune result (the last epoch's selection metric at the top level)."""
+    return {REPORT: EPOCHS, EPOCHS: _epochs_to_tune(epochs), selection: epochs[-1].metrics[selection]}
 
 
 @dataclass(frozen=True)
@@ -143,25 +154,29 @@ class FinalReport:
     metrics: dict[str, float]
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
-    def to_tune(self, selection: str) -> dict[str, Any]:
+    def to_tune(self, selection: str, epochs: Sequence[EpochReport] = ()) -> dict[str, Any]:
+        """One Tune result: the final metrics and diagnostics, and ``epochs`` (those not sent yet)."""
         return {
             REPORT: FINAL,
             "metrics": dict(self.metrics),
             "diagnostics": self.diagnostics,
+            EPOCHS: _epochs_to_tune(epochs),
             selection: self.metrics[best_metric(selection)],
         }
 
 
-def parse_report(result: dict[str, Any] | None) -> EpochReport | FinalReport | None:
-    """A Tune result back into the report a trial sent; None for a result that is not one (Tune's own)."""
-    if not result:
+def reported_epochs(result: dict[str, Any] | None) -> list[EpochReport]:
+    """The epochs a Tune result carries (a batch's, or the final report's last ones); none for Tune's own."""
+    if not result or result.get(REPORT) not in (EPOCHS, FINAL):
+        return []
+    return [EpochReport(int(epoch), dict(metrics)) for epoch, metrics in result.get(EPOCHS) or []]
+
+
+def parse_report(result: dict[str, Any] | None) -> FinalReport | None:
+    """The final report a Tune result holds; None for any other result (a batch of epochs, Tune's own)."""
+    if not result or result.get(REPORT) != FINAL:
         return None
-    kind = result.get(REPORT)
-    if kind == EPOCH:
-        return EpochReport(int(result[EPOCH]), dict(result["metrics"]))
-    if kind == FINAL:
-        return FinalReport(dict(result["metrics"]), dict(result.get("diagnostics") or {}))
-    return None
+    return FinalReport(dict(result["metrics"]), dict(result.get("diagnostics") or {}))
 
 
 class Outcome(str, enum.Enum):
@@ -193,6 +208,6 @@ def outcome_of(last_result: dict[str, Any] | None, error: str | None = None) -> 
     if error is not None:
         return Outcome.FAILED
     report = parse_report(last_result)
-    if not isinstance(report, FinalReport):
+    if report is None:
         return Outcome.STOPPED
     return Outcome.PRUNED if report.diagnostics.get(STOPPED_AT) is not None else Outcome.FINISHED

@@ -6,11 +6,13 @@ multirun ends with the sweep's export and answer (``ExportOnMultirunEnd``)."""
 
 from __future__ import annotations
 
+import atexit
+import os
 import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
@@ -51,6 +53,20 @@ def run_sweep_or_exit(job_configs: list[DictConfig], sweep_dir: Path) -> list[di
     for summary in summaries:
         print(f"[{summary['study']}] done: {summary['trials_finished']} finished, {summary['trials_failed']} failed")
     return summaries
+
+
+def exit_without_teardown() -> NoReturn:
+    """End a command that finished normally at once: the exit hooks run, the stores close and the output is
+    flushed, then the process ends without the interpreter's teardown of torch, Ray, MLflow and matplotlib
+    (about 2 s on 2 cores, after the last line). An error or an interrupt exits the usual way, with its status."""
+    atexit._run_exitfuncs()
+    if "moetune.tracking.mlflow_store" in sys.modules:
+        from moetune.tracking.mlflow_store import close_stores
+
+        close_stores()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_job(cfg: DictConfig) -> None:

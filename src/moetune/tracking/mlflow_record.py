@@ -120,9 +120,16 @@ class MlflowStudyRecord(StudyRecord):
 
     def _flush(self, number: int) -> None:
         self.last_flush[number] = time.time()
-        metrics = self.pending.pop(number, [])
-        for start in range(0, len(metrics), BATCH):
-            self.client.log_batch(self.runs[number], metrics=metrics[start : start + BATCH])
+        self._log_batch(self.runs[number], self.pending.pop(number, []))
+
+    def _log_batch(self, run_id: str, metrics: list[Metric], tags: list[RunTag] | None = None) -> None:
+        """Metrics and tags in as few writes as MLflow's limit of entities per batch allows."""
+        tags = tags or []
+        first = BATCH - len(tags)
+        if metrics or tags:
+            self.client.log_batch(run_id, metrics=metrics[:first], tags=tags)
+        for start in range(first, len(metrics), BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start : start + BATCH])
 
     def end_trial(
         self, number: int, outcome: Outcome, final: FinalReport | None = None, error: str | None = None
@@ -133,8 +140,8 @@ class MlflowStudyRecord(StudyRecord):
         on resume)."""
         if not self._open(number) or outcome is Outcome.STOPPED:
             return
-        self._flush(number)
         run_id = self.runs[number]
+        epochs = self.pending.pop(number, [])  # written with the final metrics: one store write fewer
         if outcome in (Outcome.FINISHED, Outcome.PRUNED):
             assert final is not None
             now = int(time.time() * 1000)
@@ -153,11 +160,11 @@ class MlflowStudyRecord(StudyRecord):
             if outcome is Outcome.PRUNED:
                 tags.append(RunTag(T.STOPPED_AT, str(diagnostics.get(contract.STOPPED_AT))))
             tags.append(RunTag(T.OUTCOME, T.OUTCOME_STOPPED if outcome is Outcome.PRUNED else T.OUTCOME_FINISHED))
-            metrics = [Metric(k, float(v), now, 0) for k, v in final.metrics.items()]
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            metrics = epochs + [Metric(k, float(v), now, 0) for k, v in final.metrics.items()]
+            self._log_batch(run_id, metrics, tags)
             self.client.log_dict(run_id, diagnostics, "diagnostics.json")
         else:
-            self.client.log_batch(run_id, tags=[RunTag(T.ERROR, clean(error)), RunTag(T.OUTCOME, T.OUTCOME_FAILED)])
+            self._log_batch(run_id, epochs, [RunTag(T.ERROR, clean(error)), RunTag(T.OUTCOME, T.OUTCOME_FAILED)])
         self.client.set_terminated(run_id, outcome.status)
         self.status[number] = outcome.status
 

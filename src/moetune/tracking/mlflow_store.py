@@ -49,6 +49,16 @@ def _write_ahead_log() -> None:
     _write_ahead_log.installed = True  # type: ignore[attr-defined]
 
 
+def close_stores() -> None:
+    """Close every connection MLflow's SQL stores hold in this process: sqlite then folds its write-ahead
+    log into the database file and removes it, as it does when the process ends the usual way (a copy of
+    mlflow.db alone is then the whole store)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for engine in list(getattr(SqlAlchemyStore, "_engine_map", {}).values()):
+        engine.dispose()
+
+
 def _check_sqlite_writable(uri: str, db: Path) -> None:
     """Try the writes sqlite needs (a file beside the database for its journal, a write lock on the
     database itself), so a read-only store fails before any work, not minutes into a sweep."""

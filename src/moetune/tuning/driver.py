@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from moetune.config import StudyConfig, trial_seed
-from moetune.contract import WEIGHTS_ERROR, EpochReport, FinalReport, Outcome, outcome_of, parse_report
+from moetune.contract import WEIGHTS_ERROR, FinalReport, Outcome, outcome_of, parse_report, reported_epochs
 from moetune.errors import first_line
 from moetune.tracking import StudyRecord, build_tracking
 from moetune.tracking import tags as T
@@ -123,9 +123,11 @@ class Driver:
         return {STUDY: study.plan.key, NUMBER: number, **sampled, "train.seed": seed}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        report = parse_report(result)
-        if isinstance(report, EpochReport) and trial_id in self.attempts:
-            study, number = self.attempts[trial_id]
+        """A trial's epochs, from a batch or its final report (which comes here before ``on_trial_end``)."""
+        if trial_id not in self.attempts:
+            return
+        study, number = self.attempts[trial_id]
+        for report in reported_epochs(result):
             study.record.log_epoch(number, report)
             self.epochs.setdefault(trial_id, {})[report.epoch] = report.metrics[study.config.tuner.metric]
 
@@ -140,7 +142,6 @@ class Driver:
         if outcome is Outcome.STOPPED:
             return
         final = parse_report(last_result) if outcome in (Outcome.FINISHED, Outcome.PRUNED) else None
-        final = final if isinstance(final, FinalReport) else None
         if study.config.train.save_weights:
             self._keep_weights(study, number, final)
         study.record.end_trial(number, outcome, final, error)
