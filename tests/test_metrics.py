@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
-from moetune.training.metrics import normalized_mutual_info, roc_auc
+from moetune.training.metrics import average_ranks, normalized_mutual_info, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -36,3 +36,14 @@ def test_nmi_of_a_relabelling_is_one_and_of_constants():
     assert normalized_mutual_info(a, (a + 1) % 3) == pytest.approx(1.0)
     assert normalized_mutual_info(np.zeros(5), np.zeros(5)) == 1.0
     assert normalized_mutual_info(a, np.zeros(6)) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_average_ranks_equal_scipy_rankdata_with_ties(seed):
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 20, size=500).astype(np.float64)  # many ties
+    values[:50] = rng.normal(size=50)  # and distinct values
+    assert np.array_equal(average_ranks(values), rankdata(values))
+    assert np.array_equal(average_ranks(np.array([3.0])), [1.0])

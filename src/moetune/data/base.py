@@ -52,7 +52,8 @@ class Split:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def index(self, idx: torch.Tensor) -> Split:
+    def index(self, idx: torch.Tensor | slice) -> Split:
+        """The rows ``idx`` picks: a copy for an index tensor, views for a slice."""
         return Split(
             inputs={k: v[idx] for k, v in self.inputs.items()},
             targets=self.targets[idx],

@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from moetune.moe.gates.base import entropy
@@ -94,6 +93,8 @@ def log_sinkhorn(log_alpha: torch.Tensor, n_iters: int) -> torch.Tensor:
 
 def harden(weights: torch.Tensor) -> torch.Tensor:
     """The permutation matrix maximising sum_ij W_ij P_ij (Hungarian algorithm)."""
+    from scipy.optimize import linear_sum_assignment  # here: scipy.optimize costs a worker's start 0.6 s
+
     w = weights.detach().to("cpu", torch.float64).numpy()
     rows, cols = linear_sum_assignment(w, maximize=True)
     hard = np.zeros_like(w)

@@ -1,10 +1,21 @@
-"""Evaluation metrics in numpy/scipy: trial workers import these instead of scikit-learn, which would
-add seconds to every worker's start."""
+"""Evaluation metrics in numpy: trial workers import these instead of scikit-learn or scipy.stats, which
+would add seconds (scikit-learn) or half a second (scipy.stats) to every worker's start."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (scipy.stats.rankdata's default, the same values)."""
+    order = np.argsort(values, kind="mergesort")
+    inverse = np.empty(order.size, dtype=np.intp)
+    inverse[order] = np.arange(order.size)
+    ordered = values[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]]  # where each run of equal values begins
+    dense = starts.cumsum()[inverse]  # each value's run, 1-based
+    bounds = np.r_[np.nonzero(starts)[0], order.size]  # run k spans bounds[k - 1]:bounds[k]
+    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -14,7 +25,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64).ravel())
+    ranks = average_ranks(np.asarray(scores, dtype=np.float64).ravel())
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -22,6 +22,8 @@ from moetune.moe import MMoE
 from moetune.moe.upcycle import upcycle
 from moetune.training.metrics import normalized_mutual_info, roc_auc
 
+BATCHES_PER_GATHER = 64  # training batches gathered from the shuffled rows at once: one indexing op, not 64
+
 
 @dataclass
 class TrainResult:
@@ -155,7 +157,10 @@ class Trainer:
                 if ls is not None and not ls.hardened:
                     ls.progress = ((epoch - 1) * n_batches + b) / max(1, self.ls_cfg.e_perm * n_batches - 1)
                     perm_steps += 1
-                batch = train.index(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+                if b % BATCHES_PER_GATHER == 0:  # one gather for the next batches; each batch is a view of it
+                    block = train.index(order[b * cfg.batch_size : (b + BATCHES_PER_GATHER) * cfg.batch_size])
+                within = (b % BATCHES_PER_GATHER) * cfg.batch_size
+                batch = block.index(slice(within, within + cfg.batch_size))
                 out = model(batch.inputs, batch.routing_ids)
                 losses = task_losses(self.data.tasks, out.outputs, batch.targets, batch.masks)
                 loss = (self.task_weights * losses).sum() + out.aux_loss
