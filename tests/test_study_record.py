@@ -72,3 +72,22 @@ def test_every_epoch_and_final_metric_lands_with_the_outcome_tags_past_one_batch
     )
     assert (failed.info.status, failed.data.tags[T.OUTCOME]) == ("FAILED", T.OUTCOME_FAILED)
     assert failed.data.tags[T.ERROR] == "diverged at epoch 301"
+
+
+def test_a_short_trials_epochs_go_in_the_same_write_as_its_end(tmp_path, monkeypatch):
+    """Epochs are buffered from the trial's start (FLUSH_SECONDS): a trial shorter than that writes its epochs,
+    final metrics and tags in one batch."""
+    tracking = MlflowTracking(
+        f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"), experiment="short"
+    )
+    record = tracking.open_study("hash-ls_off", {}, {}, "tuner:\n  n_trials: 1\n")
+    record.start_trial(0, {"train.lr": 0.01}, {}, "t0")
+    batches = []
+    log_batch = tracking.client.log_batch
+    monkeypatch.setattr(tracking.client, "log_batch", lambda *a, **k: batches.append(k) or log_batch(*a, **k))
+    for epoch in range(1, 13):
+        record.log_epoch(0, EpochReport(epoch, {"val_loss": 1.0 / epoch}))
+    record.end_trial(0, Outcome.FINISHED, FinalReport({"best_val_loss": 1 / 12}, {}))
+    assert len(batches) == 1 and len(batches[0]["metrics"]) == 13 and batches[0]["tags"]
+    history = tracking.client.get_metric_history(record.runs[0], "val_loss")
+    assert sorted(m.step for m in history) == list(range(1, 13))

@@ -103,6 +103,7 @@ class MlflowStudyRecord(StudyRecord):
         }
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number:03d}")
         self.runs[number], self.status[number] = run.info.run_id, "RUNNING"
+        self.last_flush[number] = time.time()  # its first epochs wait for the next flush, or go with its end
         self._finished_at = None
         self.client.log_batch(run.info.run_id, params=[Param(k, clean(v)) for k, v in sorted(params.items())])
 
