@@ -278,3 +278,17 @@ def test_batch_level_gates_are_evaluated_in_training_sized_batches(data, gate):
         torch.testing.assert_close(outputs[0][-new:], trainer.model(last.inputs, last.routing_ids).outputs[0][-new:])
         whole = trainer.model(split.inputs, split.routing_ids).outputs[0]
     assert not torch.allclose(outputs[0], whole), "evaluated as one batch: the batch size was ignored"
+
+
+@pytest.mark.parametrize("gate,local_search", [("hash", False), ("topk", True)])
+def test_batches_gathered_in_blocks_train_as_batches_gathered_one_by_one(data, monkeypatch, gate, local_search):
+    """Batches are views of one gather per BATCHES_PER_GATHER batches: the same rows in the same order as one
+    gather per batch, so the same metrics to the bit (600 rows of batch 128: a short last batch in a block)."""
+    from moetune.training import trainer as trainer_module
+
+    blocked = make_trainer(data, gate, local_search).fit().report().metrics
+    monkeypatch.setattr(trainer_module, "BATCHES_PER_GATHER", 1)
+    one_by_one = make_trainer(data, gate, local_search).fit().report().metrics
+    monkeypatch.setattr(trainer_module, "BATCHES_PER_GATHER", 3)  # blocks that do not divide the batches
+    threes = make_trainer(data, gate, local_search).fit().report().metrics
+    assert without_timings(blocked) == without_timings(one_by_one) == without_timings(threes)
