@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -201,6 +202,24 @@ def test_on_epoch_called_once_per_epoch_with_losses(data):
     for (epoch, metrics), entry in zip(seen, result.history, strict=False):
         assert math.isfinite(metrics[contract.TRAIN_LOSS]) and math.isfinite(metrics[contract.VAL_LOSS])
         assert {"epoch": epoch, **metrics} == entry
+
+
+def test_training_keeps_the_objects_alive_before_it_out_of_full_collections_and_leaves_the_collector_as_found(data):
+    """The objects alive when fit starts (the process's imports, data, model) are frozen while it runs, so the
+    collections that autograd's survivors set off do not walk them; fit unfreezes only what it froze."""
+    assert gc.get_freeze_count() == 0
+    frozen_during = []
+    make_trainer(data, max_epochs=2).fit(lambda epoch, metrics: frozen_during.append(gc.get_freeze_count()))
+    assert len(frozen_during) == 2 and min(frozen_during) > 10_000  # the test process's objects
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()  # a caller that froze its own objects keeps them frozen
+    try:
+        before = gc.get_freeze_count()
+        make_trainer(data, max_epochs=1).fit()
+        assert gc.get_freeze_count() > before // 2  # not unfrozen (a few frozen objects may have been freed)
+    finally:
+        gc.unfreeze()
 
 
 def test_final_metrics_use_schema_names(data):
