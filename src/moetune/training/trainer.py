@@ -22,6 +22,7 @@ from moetune.data.base import MultiTaskData, Split, Task
 from moetune.errors import ConfigError, TrainingDivergedError
 from moetune.moe import MMoE
 from moetune.moe.upcycle import upcycle
+from moetune.training.adam import FusedAdam
 from moetune.training.metrics import normalized_mutual_info, roc_auc
 
 BATCHES_PER_GATHER = 64  # training batches gathered from the shuffled rows at once: one indexing op, not 64
@@ -159,8 +160,8 @@ class Trainer:
     def _fit(self, on_epoch: Callable[[int, dict[str, float]], bool | None] | None) -> TrainResult:
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         cfg, model = self.cfg, self.model
-        # fused: the same Adam update (dense moments, every parameter every step) in one kernel per step
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, fused=True)
+        # torch's fused Adam (dense moments, every parameter every step), its kernel called directly
+        optimizer = FusedAdam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
         torch.manual_seed(self.seed)  # dropout and noise draw from the global generator: same seed, same run
         generator = torch.Generator().manual_seed(self.seed)
         train = self.splits["train"]
@@ -187,7 +188,7 @@ class Trainer:
                 out = model(batch.inputs, batch.routing_ids)
                 losses = task_losses(self.data.tasks, out.outputs, batch.targets, batch.masks)
                 loss = (self.task_weights * losses).sum() + out.aux_loss
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 loss_sum += losses.detach()
