@@ -96,13 +96,13 @@ def task_losses(
     tasks: list[Task], outputs: list[torch.Tensor], targets: torch.Tensor, masks: torch.Tensor
 ) -> torch.Tensor:
     """Per-task mean loss over the samples where the task's target is present (T,)."""
-    losses = []
-    for t, (task, out) in enumerate(zip(tasks, outputs, strict=False)):
-        # a missing target may hold anything (NaN too); zero it so its skipped loss stays finite
-        y, m = targets[:, t].masked_fill(~masks[:, t], 0.0), masks[:, t].to(out.dtype)
-        per = LOSSES[TASK_KINDS[task.kind].loss](out, y)
-        losses.append((per * m).sum() / m.sum().clamp_min(1.0))
-    return torch.stack(losses)
+    # a missing target may hold anything (NaN too); zero it so its skipped loss stays finite
+    filled, present = targets.masked_fill(~masks, 0.0), masks.to(outputs[0].dtype)
+    sums = [
+        torch.dot(LOSSES[TASK_KINDS[task.kind].loss](out, filled[:, t]), present[:, t])
+        for t, (task, out) in enumerate(zip(tasks, outputs, strict=True))
+    ]
+    return torch.stack(sums) / present.sum(0).clamp_min(1.0)
 
 
 @contextlib.contextmanager
