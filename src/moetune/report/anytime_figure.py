@@ -8,7 +8,7 @@ full-length random search's exact expected best of n trials at n x its mean tria
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from moetune.report.anytime import (
 )
 from moetune.report.figures import ARM_COLORS, BAND_ALPHA, MAX_COLS, OTHER_COLOR
 from moetune.report.labels import ARM_LABELS, ARM_ORDER, GATE_LABELS, setting_text
+from moetune.report.render_pool import draw_here
 
 SCHEDULER_STYLES = {"none": "-", "asha": "--", "hyperband": ":"}
 
@@ -41,16 +42,21 @@ def stem(metric: str, cost: str) -> str:
 
 
 def write_figures(
-    folder: Path, results: Sequence[AnytimeResult], exact: Sequence[ExactCurve], level: float
+    folder: Path,
+    results: Sequence[AnytimeResult],
+    exact: Sequence[ExactCurve],
+    level: float,
+    draw: Callable[..., None] = draw_here,
 ) -> list[str]:
-    """One figure per cost axis (epochs, then seconds) as PNG and SVG; returns the file names."""
+    """One figure per cost axis (epochs, then seconds) as PNG and SVG, each drawn by ``draw``; returns the
+    file names."""
     names = []
     for cost in ("epochs", "seconds"):
         mine = [r for r in results if r.cost == cost]
         if not mine:
             continue
         name = stem(mine[0].metric, cost)
-        render(mine, [e for e in exact if e.cost == cost], folder / f"{name}.png", folder / f"{name}.svg", level)
+        draw(render, mine, [e for e in exact if e.cost == cost], folder / f"{name}.png", folder / f"{name}.svg", level)
         names += [f"{name}.png", f"{name}.svg"]
     return names
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from moetune.contract import higher_is_better
 from moetune.errors import ConfigError
 from moetune.report import anytime, anytime_figure, figures, importance, paired, paired_figure, tables, trials_table
-from moetune.report.analysis import analyse
-from moetune.report.sweep import read_sweep, report_metrics
+from moetune.report.analysis import Analysis, analyse
+from moetune.report.render_pool import RenderPool
+from moetune.report.sweep import Sweep, read_sweep, report_metrics
 from moetune.tracking import Tracking
 
 
@@ -70,49 +71,28 @@ def export_sweep(
     rendered in a temp folder and moved into ``out_dir`` (default sweeps/<experiment>/export) only when
     all are done, then kept with the sweep in the store (``log_export``).
     """
-    experiment_name = tracking.experiment
-    sweep = read_sweep(tracking, filters=filters, selection=selection)
-    selection = sweep.selection
-    metrics = report_metrics(sweep.studies, metric)
-    analysis = analyse(sweep.studies, metrics, selection=selection, resamples=resamples, seed=seed, level=level)
+    with RenderPool() as pool:  # the figures' helper process starts now: its imports overlap the reading
+        experiment_name = tracking.experiment
+        sweep = read_sweep(tracking, filters=filters, selection=selection)
+        selection = sweep.selection
+        metrics = report_metrics(sweep.studies, metric)
+        analysis = analyse(sweep.studies, metrics, selection=selection, resamples=resamples, seed=seed, level=level)
 
-    out = Path(out_dir) if out_dir is not None else Path("sweeps") / experiment_name / "export"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned(out)
-        tmp = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out))
-    except OSError as exc:
-        raise ConfigError(f"cannot write the export to {out} ({exc.strerror}); pass --out <writable folder>") from None
-    try:
-        imps = importance.importances(sweep.studies, selection)
-        curves = anytime.sweep_anytime(
-            sweep.studies, selection, analysis.headline, resamples=resamples, seed=seed, level=level
-        )
-        axes = [c for c in anytime.COSTS if any(r.cost == c for r in curves)]
-        exact = [  # full-length random search's exact curve, on the same axes
-            anytime.exact_curve(r.studies, selection, r.metric, cost)
-            for r in analysis.curves
-            if r.metric == analysis.headline and r.sampler == "random" and r.curve.estimator != "running_best"
-            for cost in axes
-        ]
-        up = higher_is_better(analysis.headline)
-        compute = anytime.sweep_reductions(curves, up=up, resamples=resamples, seed=seed, level=level)
-        mismatches = anytime.length_mismatches(sweep.studies)
-        # the figures add to the budget figures only with a scheduled study or repeats (seeds) to average
-        drawn = any(r.group.scheduler != "none" or r.band.repeats > 1 for r in curves)
-        appendix = anytime_figure.summary_lines(curves, exact, compute, mismatches, level, drawn)
-        appendix += trials_table.diagnostics_lines(sweep.studies) + importance.summary_lines(imps)
-        names = tables.write_tables(tmp, experiment_name, analysis, appendix) + figures.write_figures(tmp, analysis)
-        trials_table.write_csv(tmp / "trials.csv", sweep.studies)
-        paired.write_csv(tmp / "paired.csv", analysis.paired)
-        importance.write_csv(tmp / "importance.csv", imps)
-        names += ["trials.csv", "paired.csv", "importance.csv"] + paired_figure.write_figures(tmp, analysis.paired)
-        anytime_figure.write_csv(tmp / "anytime.csv", curves, exact)
-        names += ["anytime.csv"] + (anytime_figure.write_figures(tmp, curves, exact, level) if drawn else [])
-        for name in names:
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        out = Path(out_dir) if out_dir is not None else Path("sweeps") / experiment_name / "export"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned(out)
+            tmp = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the export to {out} ({exc.strerror}); pass --out <writable folder>"
+            ) from None
+        try:
+            names = _write_files(tmp, pool, experiment_name, sweep, analysis, resamples, seed, level)
+            for name in names:
+                os.replace(tmp / name, out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     files = {name: out / name for name in names}
     note = None
     if log_export:
@@ -127,6 +107,50 @@ def export_sweep(
         note = tracking.log_export(list(files.values()), params)
     hint = tracking.browse_hint(sweep.experiment_id)
     return Export(files, analysis.answer, analysis.lines, analysis.headline, sweep.experiment_id, hint, note)
+
+
+def _write_files(
+    tmp: Path,
+    pool: RenderPool,
+    experiment_name: str,
+    sweep: Sweep,
+    analysis: Analysis,
+    resamples: int,
+    seed: int,
+    level: float,
+) -> list[str]:
+    """Every file of the export, written into ``tmp`` (figures drawn by ``pool``); returns their names."""
+    selection = sweep.selection
+    imps = importance.importances(sweep.studies, selection)
+    curves = anytime.sweep_anytime(
+        sweep.studies, selection, analysis.headline, resamples=resamples, seed=seed, level=level
+    )
+    axes = [c for c in anytime.COSTS if any(r.cost == c for r in curves)]
+    exact = [  # full-length random search's exact curve, on the same axes
+        anytime.exact_curve(r.studies, selection, r.metric, cost)
+        for r in analysis.curves
+        if r.metric == analysis.headline and r.sampler == "random" and r.curve.estimator != "running_best"
+        for cost in axes
+    ]
+    up = higher_is_better(analysis.headline)
+    compute = anytime.sweep_reductions(curves, up=up, resamples=resamples, seed=seed, level=level)
+    mismatches = anytime.length_mismatches(sweep.studies)
+    # the figures add to the budget figures only with a scheduled study or repeats (seeds) to average
+    drawn = any(r.group.scheduler != "none" or r.band.repeats > 1 for r in curves)
+    appendix = anytime_figure.summary_lines(curves, exact, compute, mismatches, level, drawn)
+    appendix += trials_table.diagnostics_lines(sweep.studies) + importance.summary_lines(imps)
+    names = tables.write_tables(tmp, experiment_name, analysis, appendix)
+    names += figures.write_figures(tmp, analysis, pool.draw)
+    trials_table.write_csv(tmp / "trials.csv", sweep.studies)
+    paired.write_csv(tmp / "paired.csv", analysis.paired)
+    importance.write_csv(tmp / "importance.csv", imps)
+    names += ["trials.csv", "paired.csv", "importance.csv"] + paired_figure.write_figures(
+        tmp, analysis.paired, pool.draw
+    )
+    anytime_figure.write_csv(tmp / "anytime.csv", curves, exact)
+    names += ["anytime.csv"] + (anytime_figure.write_figures(tmp, curves, exact, level, pool.draw) if drawn else [])
+    pool.finish(tmp)
+    return names
 
 
 def print_answer(export: Export) -> None:

@@ -9,7 +9,7 @@ more, so both views matter. Panels: rows = settings (dataset, task weights), col
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,7 @@ from moetune.report.analysis import (
     label,
     setting_text,
 )
+from moetune.report.render_pool import draw_here
 
 if TYPE_CHECKING:
     from plotly.graph_objects import Figure as PlotlyFigure
@@ -129,14 +130,15 @@ def describe_all(analysis: Analysis) -> list[FigureSpec]:
     return [describe(analysis.curves, m, analysis.level, x) for m in analysis.metrics for x in ("trials", "compute")]
 
 
-def write_figures(folder: Path, analysis: Analysis) -> list[str]:
-    """Every figure as PNG and SVG, then one page with all of them; returns the file names in that order."""
+def write_figures(folder: Path, analysis: Analysis, draw: Callable[..., None] = draw_here) -> list[str]:
+    """Every figure as PNG and SVG, then one page with all of them; returns the file names in that order.
+    ``draw(render, *args)`` draws each (an export's RenderPool queues them for two processes)."""
     specs = describe_all(analysis)
     names = []
     for spec in specs:
-        render_matplotlib(spec, folder / f"{spec.stem}.png", folder / f"{spec.stem}.svg")
+        draw(render_matplotlib, spec, folder / f"{spec.stem}.png", folder / f"{spec.stem}.svg")
         names += [f"{spec.stem}.png", f"{spec.stem}.svg"]
-    write_html(folder / "budget_curves.html", [render_plotly(spec) for spec in specs])
+    draw(write_page, folder / "budget_curves.html", specs)
     return names + ["budget_curves.html"]
 
 
@@ -236,6 +238,11 @@ def render_plotly(spec: FigureSpec) -> PlotlyFigure:
         legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
     )
     return fig
+
+
+def write_page(path: Path, specs: Sequence[FigureSpec]) -> None:
+    """The interactive page of the figures ``specs`` describe."""
+    write_html(path, [render_plotly(spec) for spec in specs])
 
 
 def write_html(path: Path, figures: Sequence[PlotlyFigure]) -> None:

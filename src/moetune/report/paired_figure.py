@@ -9,6 +9,7 @@ side of zero are pairs the arm won.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from moetune.contract import higher_is_better
 from moetune.report.figures import ARM_COLORS, OTHER_COLOR
 from moetune.report.labels import GATE_LABELS, setting_text
 from moetune.report.paired import PairedDiff, PairGroup
+from moetune.report.render_pool import draw_here
 
 MAX_COLS = 3
 
@@ -28,12 +30,13 @@ def _title(group: PairGroup) -> str:
     )
 
 
-def write_figures(folder: Path, paired: list[PairedDiff]) -> list[str]:
-    """One PNG and one SVG per metric with pairs; returns the file names."""
+def write_figures(folder: Path, paired: list[PairedDiff], draw: Callable[..., None] = draw_here) -> list[str]:
+    """One PNG and one SVG per metric with pairs, each drawn by ``draw``; returns the file names."""
     names = []
     for metric in dict.fromkeys(p.metric for p in paired):
         stem = f"paired_{metric}"
-        render(metric, [p for p in paired if p.metric == metric], folder / f"{stem}.png", folder / f"{stem}.svg")
+        mine = [p for p in paired if p.metric == metric]
+        draw(render, metric, mine, folder / f"{stem}.png", folder / f"{stem}.svg")
         names += [f"{stem}.png", f"{stem}.svg"]
     return names
 
