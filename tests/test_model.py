@@ -210,6 +210,16 @@ def test_model_auto_compute_matches_dense():
         torch.testing.assert_close(a, d, atol=1e-5, rtol=1e-5)
 
 
+def test_model_auto_compute_is_sparse_without_counting_when_the_gate_routes_to_at_most_half_by_construction():
+    data = tabular_data()  # two tasks
+    every_expert = [torch.full((4, 8), 1 / 8)] * 2  # not what such a gate gives: shows nothing was counted
+    top1 = MMoE(data, small_cfg(n_experts=8), gate_cfg("topk", 1), LocalSearchConfig()).eval()
+    assert top1.use_sparse_compute(every_expert)  # 2 tasks x 1 of 8 experts: at most a quarter
+    top3 = MMoE(data, small_cfg(n_experts=8), gate_cfg("topk", 3), LocalSearchConfig()).eval()
+    assert not top3.use_sparse_compute(every_expert)  # up to 6 of 8: the routed experts are counted
+    assert top3.use_sparse_compute([torch.eye(8)[:4]] * 2)
+
+
 def test_model_auto_compute_stays_dense_for_dense_gates_and_while_learning_a_permutation():
     data = tabular_data()
     softmax = MMoE(data, small_cfg(), gate_cfg("softmax"), LocalSearchConfig()).eval()

@@ -105,6 +105,8 @@ class MMoE(nn.Module):
             return False
         if weights[0].is_cuda:
             return False
+        if first.at_most_k and 2 * first.k * len(weights) <= self.cfg.n_experts:  # at most half, by construction
+            return True
         return bool(torch.stack(weights).ne(0).any(0).float().mean() <= 0.5)
 
     def forward(self, inputs: dict[str, torch.Tensor], routing_ids: torch.Tensor | None = None) -> ModelOutput:

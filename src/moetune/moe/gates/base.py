@@ -38,7 +38,9 @@ class Gate(nn.Module, abc.ABC):
     """A routing gate for one task: (routing input, routing ids) -> GateOutput.
 
     Subclasses set `sparse` (whether weights have at most k non-zeros, possibly only once saturated, or
-    for a batch-level gate k non-zeros per sample on average), `uses_routing_ids` (hash routing) and
+    for a batch-level gate k non-zeros per sample on average), `at_most_k` (every row has at most k
+    non-zeros from the first step, not only once saturated: the model then dispatches sparsely without
+    counting the routed experts of each batch), `uses_routing_ids` (hash routing) and
     `batch_level` (the batch's samples compete for the experts, as in Expert Choice, USMoE and Soft MoE: a
     sample's routing depends on the rest of its batch, a row may have 0..n non-zeros and need not sum to 1,
     and evaluation runs in batches of the training batch size).
@@ -49,6 +51,7 @@ class Gate(nn.Module, abc.ABC):
     """
 
     sparse: bool = True
+    at_most_k: bool = False
     uses_routing_ids: bool = False
     batch_level: bool = False
 

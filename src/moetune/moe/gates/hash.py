@@ -8,6 +8,7 @@ from moetune.moe.gates.base import Gate, GateOutput
 
 
 class HashGate(Gate):
+    at_most_k = True
     uses_routing_ids = True
 
     def __init__(self, in_dim: int, n_experts: int, k: int = 1, n_routing_ids: int = 0, hash_seed: int = 0):

@@ -8,6 +8,8 @@ from moetune.moe.gates.base import Gate, GateOutput
 
 
 class TopKGate(Gate):
+    at_most_k = True
+
     def __init__(self, in_dim: int, n_experts: int, k: int = 2, noisy: bool = False):
         super().__init__(in_dim, n_experts, k)
         self.linear = nn.Linear(in_dim, n_experts)

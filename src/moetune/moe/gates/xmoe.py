@@ -19,6 +19,8 @@ from moetune.moe.gates.base import Gate, GateOutput, check_param
 
 
 class XMoEGate(Gate):
+    at_most_k = True
+
     def __init__(self, in_dim: int, n_experts: int, k: int = 2, routing_dim: int = 16, temperature: float = 0.07):
         super().__init__(in_dim, n_experts, k)
         check_param(int(routing_dim) >= 1, "routing_dim", "at least 1", routing_dim)
