@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +64,31 @@ def test_without_a_helper_every_job_is_drawn_here(tmp_path):
             pool.draw(exec, pid_job(tmp_path / f"{i}.pid"))
         pool.finish(tmp_path)
     assert [int((tmp_path / f"{i}.pid").read_text()) for i in range(3)] == [os.getpid()] * 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_the_helper_dies_with_an_export_killed_by_sigkill(tmp_path):
+    code = (  # the export is killed while its helper draws a long figure
+        "import os, pathlib, signal, threading, time\n"
+        "from moetune.report.render_pool import RenderPool\n"
+        "pool = RenderPool(helper=True)\n"
+        "print(pool.helper.pid, flush=True)\n"
+        "pool.draw(exec, 'pass')\n"
+        "pool.draw(exec, 'import time; time.sleep(60)')\n"
+        "threading.Timer(3, os.kill, (os.getpid(), signal.SIGKILL)).start()\n"
+        f"pool.finish(pathlib.Path({str(tmp_path)!r}))\n"
+    )
+    export = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert export.returncode == -signal.SIGKILL
+    helper = int(export.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{helper}").exists() and "Z" not in _state(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{helper}").exists() or "Z" in _state(helper), "the helper outlived the export"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -10,8 +10,10 @@ jobs are drawn here: the files are the same either way, a failing render raises 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from typing import Any
 import moetune
 
 Job = tuple[Callable[..., None], tuple[Any, ...]]
+PR_SET_PDEATHSIG = 1  # prctl(2)
 HELPER_IMPORTS = ("numpy", "matplotlib.figure", "plotly.graph_objects", "moetune.report.figures")
 
 
@@ -65,7 +68,9 @@ class RenderPool:
 
 def _start_helper() -> subprocess.Popen[bytes] | None:
     root = str(Path(moetune.__file__).resolve().parents[1])  # the package this process runs, wherever it is
-    code = f"import sys; sys.path.insert(0, {root!r}); from moetune.report.render_pool import serve; serve()"
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); from moetune.report.render_pool import serve; serve({os.getpid()})"
+    )
     try:
         return subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -103,10 +108,11 @@ def _helper_done(helper: subprocess.Popen[bytes]) -> bool:
     return helper.returncode == 0
 
 
-def serve() -> None:
+def serve(parent: int) -> None:
     """The helper's main: import what rendering needs, then draw the jobs in the file named on stdin."""
     import importlib
 
+    _die_with(parent)
     for name in HELPER_IMPORTS:
         importlib.import_module(name)
     line = sys.stdin.readline().strip()
@@ -115,3 +121,12 @@ def serve() -> None:
     jobs: list[Job] = pickle.loads(Path(line).read_bytes())
     for render, args in jobs:
         render(*args)
+
+
+def _die_with(parent: int) -> None:
+    """A helper that outlived a killed export would go on writing into the export's temp folder while a
+    resumed export removes it: on Linux the kernel kills the helper when its parent dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(0)
