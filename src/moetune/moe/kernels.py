@@ -229,14 +229,15 @@ class BiasReluMix(torch.autograd.Function):
             h3 = hc.view(hc.shape[0], n, -1)
             if grad_g is not None:
                 torch.bmm(dout, h3.transpose(1, 2), out=grad_g[lo : lo + step])
+            dz3 = dzc.view_as(h3)  # dh is written here, then turned into dz in place: no temporary per chunk
             if g.shape[1] == 1:
-                dh = g_t[lo : lo + step] * dout  # rows x n x out
+                torch.mul(g_t[lo : lo + step], dout, out=dz3)  # rows x n x out
             else:
-                dh = torch.bmm(g_t[lo : lo + step], dout)
+                torch.bmm(g_t[lo : lo + step], dout, out=dz3)
             if grad_h is not None:  # h was also used outside the mixing
-                dh.add_(grad_h[lo : lo + step].view_as(dh))
+                dz3.add_(grad_h[lo : lo + step].view_as(dz3))
             # relu and dropout: dz = scale * dh where h > 0
-            torch.ops.aten.threshold_backward.grad_input(dh, h3, 0, grad_input=dzc.view_as(h3))
+            torch.ops.aten.threshold_backward.grad_input(dz3, h3, 0, grad_input=dz3)
             if ctx.scale != 1.0:
                 dzc.mul_(ctx.scale)
             if grad_bias is not None:
