@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
 from moetune.moe import MMoE
+from moetune.moe.experts import MLPExperts, mix
 from moetune.moe.gates import available_gates
-from moetune.moe.kernels import dropout_mask
+from moetune.moe.kernels import BATCHED_WIDTH, FlatBatchedMatmul, dropout_mask
 from moetune.moe.local_search import PermutationLocalSearch
 from moetune.training.trainer import task_losses
 
@@ -114,3 +115,43 @@ def test_dropout_mask_repeats_under_the_same_seed():
     torch.manual_seed(5)
     assert torch.equal(a, dropout_mask(like, 0.5))
     assert not torch.equal(a, dropout_mask(like, 0.5))
+
+
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)], ids=["both", "input", "weight"])
+def test_flat_batched_matmul_equals_the_wide_matmul_and_its_gradients(needs):
+    """The paper-width first layer's GEMM per expert (FlatBatchedMatmul) computes x @ w and its gradients."""
+    generator = torch.Generator().manual_seed(3)
+    n, d_in, width, batch = 4, 6, 5, 9
+    x = torch.randn(batch, d_in, generator=generator, dtype=torch.float64).requires_grad_(needs[0])
+    w = torch.randn(d_in, n * width, generator=generator, dtype=torch.float64).requires_grad_(needs[1])
+    upstream = torch.randn(batch, n * width, generator=generator, dtype=torch.float64)
+    got = FlatBatchedMatmul.apply(x, w, n)
+    got_grads = torch.autograd.grad(got, [t for t in (x, w) if t.requires_grad], upstream)
+    want = x @ w
+    want_grads = torch.autograd.grad(want, [t for t in (x, w) if t.requires_grad], upstream)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    for g, r in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+
+
+def test_experts_from_the_batched_width_take_the_per_expert_gemm_and_train_like_plain_autograd(monkeypatch):
+    """The dense path at BATCHED_WIDTH runs FlatBatchedMatmul; its mixed outputs and gradients are plain
+    autograd's (float64, dropout off)."""
+    calls = []
+    real = FlatBatchedMatmul.apply
+    monkeypatch.setattr(FlatBatchedMatmul, "apply", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(5)
+    n, d_in, batch = 3, 4, 6
+    experts = MLPExperts(n, d_in, [BATCHED_WIDTH]).double()
+    x = torch.randn(batch, d_in, dtype=torch.float64, requires_grad=True)
+    g = torch.softmax(torch.randn(batch, n, dtype=torch.float64), 1)
+    upstream = torch.randn(batch, BATCHED_WIDTH, dtype=torch.float64)
+    (got,) = mix(experts, x, [g], sparse=False)
+    assert calls, "the batched GEMM was not used at the batched width"
+    got_grads = torch.autograd.grad(got, [x, *experts.parameters()], upstream)
+    per_expert = [F.relu(x @ experts.expert_weight(0)[e] + experts.biases[0][e]) for e in range(n)]
+    want = sum(g[:, e : e + 1] * per_expert[e] for e in range(n))
+    want_grads = torch.autograd.grad(want, [x, *experts.parameters()], upstream)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

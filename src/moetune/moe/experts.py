@@ -3,8 +3,9 @@
 
 Performance (CPU; bench/bench_moe_layer.py measures it):
 - MLPExperts stores its first layer as one (in_dim, n * width) matrix: the dense path is a single
-  matmul with no per-call permute copy of the weight (nor of its gradient); .one(e) and the sparse
-  path use strided per-expert views (expert_weight).
+  matmul with no per-call permute copy of the weight (nor of its gradient), or from 256 wide one GEMM
+  per expert written into that layout (kernels.flat_matmul); .one(e) and the sparse path use strided
+  per-expert views (expert_weight).
 - Dense: matmul, then BiasReluMix (moetune.moe.kernels) does bias + relu + dropout + mixing for all tasks in cache-sized
   row chunks, with a hand-written backward: one pass over the B x n x out activations each way, where
   autograd's bias/relu/bmm ops make (and allocate for) one pass per op; this is what pays at large
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moetune.moe.gates.base import SlotRouting
-from moetune.moe.kernels import BiasReluMix, Mix, SparseMLPMix
+from moetune.moe.kernels import BiasReluMix, Mix, SparseMLPMix, flat_matmul
 
 
 class MLPExperts(nn.Module):
@@ -62,7 +63,7 @@ class MLPExperts(nn.Module):
     def _last_preactivation(self, x: torch.Tensor) -> torch.Tensor:
         """B x d -> the last layer's pre-activation without its bias, B x (n * out), a fresh tensor."""
         if len(self.weights) == 1:
-            return torch.mm(x, self.weights[0])
+            return flat_matmul(x, self.weights[0], self.n_experts)
         n = self.n_experts
         h = self._dropout(F.relu(torch.addmm(self.biases[0].view(-1), x, self.weights[0]), inplace=True))
         h = h.view(x.shape[0], n, -1).transpose(0, 1)  # n x B x d

@@ -8,6 +8,7 @@ checks the gradients against plain autograd).
   rows scattered back per task.
 - BiasReluMix: the dense path's bias + relu + dropout + mixing for all tasks, in cache-sized row chunks.
 - Mix: mixing expert outputs into each task's output.
+- FlatBatchedMatmul: the dense path's flat first layer as one GEMM per expert, from BATCHED_WIDTH up.
 """
 
 from __future__ import annotations
@@ -174,6 +175,51 @@ class Mix(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_g = torch.bmm(grad_out, h.transpose(1, 2))
         return grad_h, grad_g
+
+
+BATCHED_WIDTH = 256  # expert width from which the flat first layer runs as one GEMM per expert
+
+
+def flat_matmul(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+    """x @ w for a first expert layer stored flat (d_in x n * out): one wide GEMM, or from BATCHED_WIDTH
+    up on the CPU one GEMM per expert written into the same layout (FlatBatchedMatmul)."""
+    if x.device.type == "cpu" and n > 1 and w.shape[1] // n >= BATCHED_WIDTH:
+        return FlatBatchedMatmul.apply(x, w, n)
+    return torch.mm(x, w)
+
+
+class FlatBatchedMatmul(torch.autograd.Function):
+    """x @ w, w flat (d_in x n * out), as n batched GEMMs (one per expert) written straight into the flat
+    output; the weight's gradient likewise, the input's gradient one GEMM. Measured at the paper's shape
+    (batch 512, 16 experts 256 -> 256), 1 and 2 threads: forward 7.1 ms against 8.2-8.5 for the wide GEMM,
+    weight gradient 7.7 against 8.6-9.5. At 64 wide the wide GEMM wins (0.85-0.92 ms against 1.03-1.08)
+    and at 128 neither does, hence BATCHED_WIDTH."""
+
+    @staticmethod
+    def forward(ctx, x, w, n):
+        batch, d_in = x.shape
+        z = x.new_empty(batch, w.shape[1])
+        per_expert = w.view(d_in, n, -1).transpose(0, 1)  # n x d_in x out, strided: no copy
+        torch.bmm(x.unsqueeze(0).expand(n, -1, -1), per_expert, out=z.view(batch, n, -1).transpose(0, 1))
+        ctx.save_for_backward(x, w)
+        ctx.n = n
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        x, w = ctx.saved_tensors
+        n, (batch, d_in) = ctx.n, x.shape
+        grad_z = grad_z.contiguous()
+        grad_x = torch.mm(grad_z, w.t()) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.empty_like(w)
+            torch.bmm(
+                x.t().unsqueeze(0).expand(n, -1, -1),
+                grad_z.view(batch, n, -1).transpose(0, 1),
+                out=grad_w.view(d_in, n, -1).transpose(0, 1),
+            )
+        return grad_x, grad_w, None
 
 
 _CHUNK_BYTES = 1 << 20  # rows of the B x (n * out) activations handled together: a cache-sized block
