@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from moetune.config import GateConfig, LocalSearchConfig, ModelConfig
-from moetune.moe import MMoE
+from moetune.moe import MMoE, kernels
 from moetune.moe.experts import MLPExperts, mix
 from moetune.moe.gates import available_gates
 from moetune.moe.kernels import BATCHED_WIDTH, FlatBatchedMatmul, dropout_mask
@@ -61,6 +61,45 @@ def gradients(model: MMoE, data, forward) -> dict[str, torch.Tensor]:
 def test_step_gradients_equal_plain_autograd(gate, compute, arm, dtype, widths, tol):
     """float64 with odd widths runs the per-expert loop; float32 with 16-byte aligned widths runs torch's
     grouped matmul: both give plain autograd's gradients (dropout off, so the two forwards are the same)."""
+    assert_step_equals_plain_autograd(gate, compute, arm, dtype, widths, tol)
+
+
+@pytest.mark.parametrize("compute", ["dense", "sparse"])
+@pytest.mark.parametrize("gate", ["topk", "hash", "softmax"])
+def test_step_in_row_chunks_equals_plain_autograd(gate, compute, monkeypatch):
+    """The fused epilogues walk their rows in cache-sized chunks; with chunks of a few rows (the last one
+    short) the step still gives plain autograd's gradients, for one and two tasks."""
+    monkeypatch.setattr(kernels, "_CHUNK_BYTES", 5 * 16 * 8)  # a few rows of the activations at a time
+    assert_step_equals_plain_autograd(gate, compute, "off", torch.float64, [16], 1e-10)
+
+
+@pytest.mark.parametrize("width", [16, BATCHED_WIDTH])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_one_task_mixing_in_row_chunks_equals_plain_autograd(sparse, width, monkeypatch):
+    """One task (the MoE layer bench's case), top-2 weights, chunks of 1 to 3 rows over 23 samples, one expert
+    routed no rows: the mixed output and the gradients of the input, the gate scores and every expert
+    parameter (the idle expert's zero) are plain autograd's; at BATCHED_WIDTH the flat first layer is read and
+    its gradient written in place."""
+    monkeypatch.setattr(kernels, "_CHUNK_BYTES", 3 * 16 * 8)
+    torch.manual_seed(11)
+    n, d_in, batch = 4, 6, 23
+    experts = MLPExperts(n, d_in, [width]).double()
+    x = torch.randn(batch, d_in, dtype=torch.float64, requires_grad=True)
+    scores = (torch.randn(batch, n, dtype=torch.float64) - torch.tensor([0, 0, 0, 50.0])).requires_grad_()
+    g = torch.softmax(scores, 1) * (scores >= scores.topk(2, 1).values[:, 1:]).double()  # as a top-2 gate
+    upstream = torch.randn(batch, width, dtype=torch.float64)
+    leaves = [x, scores, *experts.parameters()]
+    (got,) = mix(experts, x, [g], sparse=sparse)
+    got_grads = torch.autograd.grad(got, leaves, upstream, retain_graph=True)  # g's graph is shared
+    per_expert = [F.relu(x @ experts.expert_weight(0)[e] + experts.biases[0][e]) for e in range(n)]
+    want = sum(g[:, e : e + 1] * per_expert[e] for e in range(n))
+    want_grads = torch.autograd.grad(want, leaves, upstream)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def assert_step_equals_plain_autograd(gate, compute, arm, dtype, widths, tol):
     torch.manual_seed(7)
     data = tabular_data(n=64, n_features=8)  # routing input: 8 embedding + 8 dense features
     cfg = ModelConfig(

@@ -94,7 +94,7 @@ class MLPExperts(nn.Module):
         bounds: list[int],
     ) -> torch.Tensor:
         """Sparse path fused with the mixing: rows grouped by expert (see SparseMLPMix) -> B x T x out."""
-        params = [self.expert_weight(layer) for layer in range(len(self.weights))] + list(self.biases)
+        params = [*self.weights, *self.biases]  # the first layer flat, as stored
         return SparseMLPMix.apply(
             x, row_weights, sample_index, row_expert, bounds, self.dropout, self.training, *params
         )
