@@ -2,6 +2,12 @@
 
     python bench/bench_moe_layer.py            # 20-30 s on 2 quiet cores, ~100 s at most when re-measuring
     python bench/bench_moe_layer.py --quick    # fewer repeats, no re-measuring
+    python bench/bench_moe_layer.py --against 42308fb   # [3] also for that commit's package, alternating
+
+--against COMMIT measures section [3] (dense and sparse at the large batch) in fresh worker processes that
+alternate between that commit's package (a git worktree) and this tree's, and prints both side by side:
+the sparse speed-up is a ratio of two paths that both change, so a speed-up below its target can come from
+a faster dense path as well as from a slower sparse one.
 
 MovieLens shape: batch 512, 16 MLP experts 256 -> 256 (MLPExperts(16, 256, [256])), input dim 256,
 k = 2 (hash: k = 1), one task (and two tasks for topk). Every timing is a median over repeats that are
@@ -19,11 +25,14 @@ contention that /proc/stat cannot see (other VMs on the host) shows as a lower m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +211,42 @@ def steady(measure, deadline: float, tries: int):
     return best
 
 
+def large_batch(batch: int, reps: int) -> dict[str, float]:
+    """Section [3]'s measurement: median seconds of the top-2 layer's dense and sparse steps at `batch`."""
+    step, _ = gate_layer("topk", 1, batch)
+    return interleaved({"dense": lambda: step(False), "sparse": lambda: step(True)}, reps, warmup=1)
+
+
+def against(commit: str, batch: int, rounds: int, threads: int) -> None:
+    """Section [3] for `commit`'s package and this tree's, in worker processes that alternate."""
+    from bench_trial_throughput import worktree
+
+    sources = {commit: worktree(commit) / "src", "this tree": Path(__file__).resolve().parents[1] / "src"}
+    runs: dict[str, list[dict]] = {name: [] for name in sources}
+    for _ in range(rounds):
+        for name, src in sources.items():
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            cmd = [sys.executable, __file__, "--worker", str(batch), "--threads", str(threads)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    print(
+        f"\n[3] against {commit}: topk k=2, 1 task, batch {batch}, {rounds} alternating worker processes each "
+        f"(medians over them of each worker's median)"
+    )
+    print(f"  {'package':12s} {'dense ms':>9s} {'sparse ms':>9s} {'speed-up':>8s}")
+    medians = {}
+    for name, rs in runs.items():
+        dense = statistics.median(r["dense"] for r in rs)
+        sparse = statistics.median(r["sparse"] for r in rs)
+        medians[name] = (dense, sparse)
+        print(f"  {name:12s} {dense * 1e3:9.2f} {sparse * 1e3:9.2f} {dense / sparse:7.2f}x")
+    (old_dense, old_sparse), (new_dense, new_sparse) = medians[commit], medians["this tree"]
+    print(
+        f"  this tree vs {commit}: dense path {old_dense / new_dense:.2f}x as fast, sparse path "
+        f"{old_sparse / new_sparse:.2f}x as fast"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=512, help="batch for the dense-efficiency and per-gate tables")
@@ -222,7 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget", type=float, default=100.0, help="seconds after which disturbed rows are no longer re-measured"
     )
+    parser.add_argument("--against", metavar="COMMIT", help="also measure section [3] with this commit's package")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating worker processes each for --against")
+    parser.add_argument("--worker", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(large_batch(args.worker, 9)))
+        return 0
 
     started = time.perf_counter()
     deadline = started + args.budget
@@ -349,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         f"  sparse speed-up {speedup:.2f}x   target >= {SPARSE_TARGET:.0f}x: "
         f"{'PASS' if speedup >= SPARSE_TARGET else 'FAIL'}"
     )
+
+    if args.against:
+        against(args.against, args.sparse_batch, args.rounds, args.threads)
 
     print(
         f"\nsummary: dense fwd+bwd at batch {args.batch} = {dense_fraction:.0%} of matmul (target {DENSE_TARGET:.0%}: "
