@@ -133,11 +133,7 @@ class SparseMLPMix(torch.autograd.Function):
         h = x.index_select(0, sample_index)  # R x d_in, one gather for all experts
         saved = [h]
         for w, b in zip(weights, biases, strict=False):
-            h = (
-                _grouped_matmul(h, _per_expert(w, n), offs, groups, out_rows=True)
-                .add_(b.index_select(0, row_expert))
-                .clamp_min_(0)
-            )
+            h = _grouped_matmul(h, w, offs, groups, out_rows=True).add_(b.index_select(0, row_expert)).clamp_min_(0)
             if training and p > 0:
                 h.mul_(dropout_mask(h, p))
             saved.append(h)
