@@ -5,7 +5,7 @@
     python bench/bench_moe_layer.py --against 42308fb   # [3] also for that commit's package, alternating
 
 --against COMMIT measures section [3] (dense and sparse at the large batch) in fresh worker processes that
-alternate between that commit's package (a git worktree) and this tree's, and prints both side by side:
+alternate (ABBA) between that commit's package (a git worktree) and this tree's, and prints both side by side:
 the sparse speed-up is a ratio of two paths that both change, so a speed-up below its target can come from
 a faster dense path as well as from a slower sparse one.
 
@@ -223,8 +223,9 @@ def against(commit: str, batch: int, rounds: int, threads: int) -> None:
 
     sources = {commit: worktree(commit) / "src", "this tree": Path(__file__).resolve().parents[1] / "src"}
     runs: dict[str, list[dict]] = {name: [] for name in sources}
-    for _ in range(rounds):
-        for name, src in sources.items():
+    for repeat in range(rounds):
+        order = list(sources.items())
+        for name, src in order if repeat % 2 == 0 else order[::-1]:  # ABBA: no side always runs second
             env = {**os.environ, "PYTHONPATH": str(src)}
             cmd = [sys.executable, __file__, "--worker", str(batch), "--threads", str(threads)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout

@@ -4,9 +4,11 @@ The movielens_cpu model (16 experts 64 wide, embeddings 32, heads 64, dropout 0.
 rows of the shared MovieLens split), Top-k and Hash, local search off (the sparse path) and on (every
 measured epoch inside the permutation phase: the dense path). Each measurement is a fresh worker process
 with one thread, as the sweep driver runs a trial; the baseline's worker imports the package from a git
-worktree of the baseline commit, and the two alternate (baseline, current, baseline, current, ...) so the
-machine's noise falls on both alike. `--concurrent 2` runs two copies of each worker at once, as a 2-core
-sweep runs two trials.
+worktree of the baseline commit, and the two alternate in ABBA order (baseline, current, current, baseline,
+...) so the machine's noise falls on both alike. In a fixed order the second one measured slower on this
+machine: Hash off against a commit with the same step measured 0.87-0.92x in fixed order and 1.05x in
+alternating order. `--concurrent 2` runs two copies of each worker at once, as a 2-core sweep runs two
+trials.
 
 Printed per gate and arm: training samples/s (the trainer's own figure: forward, backward and update
 only), the ratio current / baseline, and the step's achieved FLOP/s (torch's FLOP counter over one
@@ -129,8 +131,9 @@ def main() -> None:
     for gate in args.gates.split(","):
         for arm in args.arms.split(","):
             runs: dict[str, list[dict]] = {"baseline": [], "current": []}
-            for _ in range(args.repeats):
-                for name, src in sources.items():
+            for repeat in range(args.repeats):
+                order = list(sources.items())
+                for name, src in order if repeat % 2 == 0 else order[::-1]:
                     runs[name] += measure(src, gate, arm, args.epochs, args.concurrent)
             old = statistics.median(r["samples_per_s"] for r in runs["baseline"])
             new = statistics.median(r["samples_per_s"] for r in runs["current"])
