@@ -2,7 +2,7 @@
 
 ``python train.py -m gate=topk,hash local_search=on,off`` runs verbatim, each time in a fresh scratch folder
 (its own mlruns/ and sweeps/, so each run creates its MLflow store, as on a fresh clone), alternating
-baseline and current tree N times: the machine's load drifts, so only runs side by side compare. The
+baseline and current tree N times in ABBA order: the machine's load drifts, so only runs side by side compare. The
 baseline is a ``git worktree`` of the commit, imported through PYTHONPATH with this venv's Python (checked:
 moetune and the launcher must come from the worktree). Wall = start to the process's exit, what a shell's
 ``time`` shows. The fixed costs come from the times the command's lines appear and the trial records:
@@ -131,7 +131,8 @@ def main() -> None:
             print(f"python train.py {' '.join(MAIN_COMMAND)}: baseline {args.baseline} vs current tree, seconds")
             print(f"{'run':16}" + " ".join(f"{c:>9}" for c in COLUMNS), flush=True)
             for rep in range(args.reps):
-                for label, tree in trees.items():
+                order = list(trees.items())
+                for label, tree in order if rep % 2 == 0 else order[::-1]:  # ABBA: no side always runs second
                     result = run(tree, Path(tmp) / f"{label}-{rep}")
                     results[label].append(result)
                     print(row(f"{label} {rep + 1}", result), flush=True)
